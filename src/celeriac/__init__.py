@@ -1,0 +1,50 @@
+"""Celeriac: a distributed task queue for Python.
+
+    from celeriac import Celeriac, shared_task
+
+Everything exported here is the public API; other modules may change.
+"""
+
+from . import states
+from .app import Celeriac, current_app
+from .exceptions import (
+    AppNotFoundError,
+    BrokerError,
+    CeleriacError,
+    ConfigurationError,
+    DecodeError,
+    EncodeError,
+    MaxRetriesExceededError,
+    NotRegistered,
+    Retry,
+    TaskFailed,
+    TimeoutError,
+)
+from .result import AsyncResult
+from .task import Request, Task, shared_task
+
+__all__ = [
+    # The app and tasks
+    "Celeriac",
+    "current_app",
+    "shared_task",
+    "Task",
+    "Request",
+    # Results
+    "AsyncResult",
+    "states",
+    # Errors
+    "CeleriacError",
+    "ConfigurationError",
+    "AppNotFoundError",
+    "BrokerError",
+    "EncodeError",
+    "DecodeError",
+    "NotRegistered",
+    "TimeoutError",
+    "TaskFailed",
+    "MaxRetriesExceededError",
+    "Retry",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,255 @@
+"""`Celeriac`: the app. It owns the configuration, the task registry and `send_task`."""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import importlib.util
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, overload
+
+from .backends import ResultBackend
+from .backends import from_url as backend_from_url
+from .brokers import Broker, Outgoing
+from .brokers import from_url as broker_from_url
+from .config import Settings, read_settings
+from .envelope import Envelope, encode
+from .exceptions import ConfigurationError, NotRegistered
+from .result import AsyncResult
+from .task import BoundTaskDecorator, P, R, Task, TaskDecorator, decorate, shared_tasks
+
+log = logging.getLogger("celeriac")
+
+_current: Celeriac | None = None
+
+
+def current_app() -> Celeriac:
+    """The app shared tasks bind to: the one created last (or set with `set_current`)."""
+    if _current is None:
+        raise ConfigurationError(
+            "no Celeriac app exists yet: create one (app = Celeriac('proj')) in the module "
+            "that the worker loads with -A, and import it before calling a shared task"
+        )
+    return _current
+
+
+class Celeriac:
+    """A Celeriac application.
+
+        app = Celeriac("proj")                      # broker: sqlite:///celeriac.db
+        app = Celeriac("proj", broker="memory://")  # everything in this process, for tests
+        app.config_from_object("django.conf:settings", namespace="CELERY")
+        app.autodiscover_tasks()
+    """
+
+    def __init__(
+        self,
+        main: str | None = None,
+        *,
+        broker: str | None = None,
+        backend: str | None = None,
+        include: Sequence[str] = (),
+        set_as_current: bool = True,
+        **settings: Any,
+    ) -> None:
+        self.main = main
+        self._conf = Settings()
+        self._pending_config: list[tuple[Any, str | None]] = []
+        self._pending_imports: list[str] = list(include)
+        self._own_tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+        self._backend: ResultBackend | None = None
+        self._backend_loaded = False
+        overrides = dict(settings)
+        if broker is not None:
+            overrides["broker_url"] = broker
+        if backend is not None:
+            overrides["result_backend"] = backend
+        self._conf.update(overrides)
+        if set_as_current:
+            self.set_current()
+
+    def __repr__(self) -> str:
+        return f"<Celeriac {self.main or '__main__'}>"
+
+    def set_current(self) -> None:
+        global _current
+        _current = self
+
+    # Configuration -------------------------------------------------------------------------
+
+    @property
+    def conf(self) -> Settings:
+        """The settings; sources given to `config_from_object` are read on first access,
+        so `django.conf:settings` can be named before Django is set up."""
+        while self._pending_config:
+            source, namespace = self._pending_config.pop(0)
+            self._conf.update(read_settings(source, namespace))
+        return self._conf
+
+    def config_from_object(self, obj: Any, namespace: str | None = None) -> None:
+        """Read settings from a module or object (or its dotted name), or a mapping.
+        With `namespace="CELERY"` only `CELERY_*` names are read (`CELERY_BROKER_URL`)."""
+        self._pending_config.append((obj, namespace))
+
+    def autodiscover_tasks(
+        self, packages: Sequence[str] | Callable[[], Sequence[str]] | None = None,
+        related_name: str = "tasks",
+    ) -> None:
+        """Import `<package>.tasks` for each package when the app first needs its tasks.
+        With no packages, Django's installed apps (once Django is set up)."""
+        self._autodiscover = (packages, related_name)
+
+    _autodiscover: tuple[Any, str] | None = None
+
+    def _import_task_modules(self) -> None:
+        conf = self.conf
+        names = [*self._pending_imports, *conf.imports, *conf.include]
+        self._pending_imports.clear()
+        if self._autodiscover is not None:
+            packages, related = self._autodiscover
+            self._autodiscover = None
+            if packages is None:
+                packages = _django_apps()
+            elif callable(packages):
+                packages = packages()
+            for package in packages:
+                module = f"{package}.{related}"
+                if importlib.util.find_spec(package) is None:
+                    raise ConfigurationError(f"autodiscover_tasks: no package {package!r}")
+                try:
+                    importlib.import_module(module)
+                except ModuleNotFoundError as exc:
+                    if exc.name != module:
+                        raise
+        for name in names:
+            importlib.import_module(name)
+
+    # Tasks ---------------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Any], /) -> Task[P, Any]: ...
+    @overload
+    def task(self, *, bind: Literal[True], **options: Any) -> BoundTaskDecorator: ...
+    @overload
+    def task(self, *, bind: Literal[False] = False, **options: Any) -> TaskDecorator: ...
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Declare a task on this app: `@app.task` or `@app.task(bind=True, queue="mail")`."""
+        return decorate(fn, options, self)
+
+    def register(self, task: Task[Any, Any]) -> None:
+        self._own_tasks[task.name] = task
+
+    @property
+    def tasks(self) -> dict[str, Task[Any, Any]]:
+        """Every task this app can run: its own and the shared ones, by name."""
+        self._import_task_modules()
+        found = {t.name: t for t in shared_tasks()}
+        found.update(self._own_tasks)
+        return found
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        task = self._own_tasks.get(name) or self.tasks.get(name)
+        if task is None:
+            raise NotRegistered(f"task {name!r} is not registered with {self!r}")
+        return task
+
+    # Brokers and results -----------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            conf = self.conf
+            self._broker = broker_from_url(
+                conf.effective_broker_url, max_lease_expiries=conf.broker_max_lease_expiries
+            )
+        return self._broker
+
+    @property
+    def backend(self) -> ResultBackend | None:
+        if not self._backend_loaded:
+            url = self.conf.effective_result_backend
+            self._backend = backend_from_url(url, expires=self.conf.result_expires) if url else None
+            self._backend_loaded = True
+        return self._backend
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+        if self._backend is not None:
+            self._backend.close()
+        self._broker = self._backend = None
+        self._backend_loaded = False
+
+    # Sending -------------------------------------------------------------------------------
+
+    def route(self, task_name: str) -> str:
+        """The queue for a task by `task_routes`, else the default queue."""
+        routes = self.conf.task_routes
+        for table in routes if isinstance(routes, list | tuple) else [routes or {}]:
+            if not isinstance(table, Mapping):
+                raise ConfigurationError(f"task_routes: expected a dict, got {table!r}")
+            for pattern, route in table.items():
+                if fnmatch.fnmatchcase(task_name, pattern):
+                    queue = route.get("queue") if isinstance(route, Mapping) else route
+                    if isinstance(queue, str):
+                        return queue
+        return self.conf.task_default_queue
+
+    def send_task(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        eta: float | None = None,
+        expires: float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> AsyncResult[Any]:
+        """Send a task by name (it need not be importable here). `eta`/`expires` are unix
+        times; `Task.apply_async` takes countdowns and datetimes."""
+        conf = self.conf
+        priority = conf.task_default_priority if priority is None else priority
+        if not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise ConfigurationError(f"priority must be an integer from 0 to 9, not {priority!r}")
+        if args is not None and not isinstance(args, list | tuple):
+            raise ConfigurationError(f"args must be a list or tuple, not {type(args).__name__}")
+        envelope = Envelope(
+            id=task_id or str(uuid.uuid4()),
+            task=name,
+            args=list(args or ()),
+            kwargs=dict(kwargs or {}),
+            queue=queue or self.route(name),
+            priority=priority,
+            eta=eta,
+            expires=expires,
+            headers=headers or {},
+            sent_at=time.time(),
+        )
+        self.publish([envelope])
+        return AsyncResult(envelope.id, self, name)
+
+    def publish(self, envelopes: Sequence[Envelope]) -> None:
+        """Encode and publish envelopes in one broker call."""
+        self.broker.publish(
+            [Outgoing(e.id, e.queue, encode(e), e.priority, e.eta) for e in envelopes]
+        )
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[Any]:  # noqa: N802 - Celery's name
+        return AsyncResult(task_id, self)
+
+
+def _django_apps() -> list[str]:
+    try:
+        from django.apps import apps  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        raise ConfigurationError(
+            "autodiscover_tasks() without packages needs Django; name the packages instead"
+        ) from None
+    return [config.name for config in apps.get_app_configs()]

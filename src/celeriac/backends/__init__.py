@@ -1,0 +1,25 @@
+"""Result backends. `from_url` picks the implementation by URL scheme."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..exceptions import ConfigurationError
+from .base import ResultBackend, TaskMeta
+
+__all__ = ["ResultBackend", "TaskMeta", "from_url"]
+
+
+def from_url(url: str, **options: Any) -> ResultBackend:
+    scheme = url.partition("://")[0]
+    if scheme == "memory":
+        from .memory import MemoryBackend
+
+        return MemoryBackend(url, **options)
+    if scheme == "sqlite":
+        from .sqlite import SqliteBackend
+
+        return SqliteBackend(url, **options)
+    raise ConfigurationError(
+        f"unknown result backend URL {url!r}: Celeriac supports memory:// and sqlite:///path.db"
+    )

@@ -1,0 +1,135 @@
+"""The broker contract: durable queues with leases.
+
+Every broker implements these methods with the same meaning; `tests/brokers/` checks them
+on each implementation. A message is always in exactly one of these states:
+
+    ready      waiting in its queue (eta reached)
+    delayed    waiting in its queue until its eta
+    leased     fetched by a worker; owned until its lease runs out
+    dead       in the dead-letter store, with a reason and the original bytes
+    (gone)     acknowledged
+
+Fetching is atomic: the lease is created in the same step that hands the message out, so a
+message is never only in a worker's memory. Each fetch increments the message's `attempt`;
+ack, nack, renew, release and dead_letter are fenced by it, so a worker whose lease expired
+and whose message was fetched again cannot ack over the new owner. A lease that runs out
+puts the message back (counted in `lease_expiries`, apart from task retries); after
+`max_lease_expiries` such losses the message is dead-lettered instead.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+MAX_PRIORITY = 9
+DEFAULT_MAX_LEASE_EXPIRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to publish. `priority` 0-9, higher first; `eta` is unix time or None."""
+
+    id: str
+    queue: str
+    body: bytes
+    priority: int = 0
+    eta: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A fetched message and the lease on it; `attempt` is the fencing token."""
+
+    id: str
+    queue: str
+    body: bytes
+    attempt: int
+    lease_expiries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str
+    queue: str
+    body: bytes
+    reason: str
+    dead_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    ready: int = 0
+    delayed: int = 0
+    leased: int = 0
+    dead: int = 0
+
+
+Clock = Callable[[], float]
+
+
+class Broker(ABC):
+    """Durable queues with leases. Methods are thread-safe; a broker object may be shared
+    by the threads of one process. Times are unix seconds from `self.clock`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_lease_expiries: int = DEFAULT_MAX_LEASE_EXPIRIES,
+        clock: Clock = time.time,
+    ) -> None:
+        self.url = url
+        self.max_lease_expiries = max_lease_expiries
+        self.clock = clock
+
+    @abstractmethod
+    def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Store messages durably; when this returns they survive a crash of this process.
+        A message id already queued (not yet acked) is not stored twice."""
+
+    @abstractmethod
+    def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
+        """Lease up to `limit` due messages from `queues`, highest priority first, then
+        oldest eta, then publish order. Messages whose lease ran out are due again (and
+        dead-lettered instead once they have run out `max_lease_expiries` times).
+        Never blocks waiting for messages."""
+
+    @abstractmethod
+    def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
+        """Extend leases to now + `lease`. False for a delivery no longer owned."""
+
+    @abstractmethod
+    def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Remove finished messages. False (and nothing changed) for a delivery no longer
+        owned: its message was fetched again by someone else, or is gone."""
+
+    @abstractmethod
+    def nack(self, delivery: Delivery, delay: float = 0.0, body: bytes | None = None) -> bool:
+        """Put a message back to run again after `delay` seconds, with a new body if given
+        (a retry carries its retry count). Does not count as a lease expiry."""
+
+    @abstractmethod
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Hand messages back unrun (a worker shutting down): due at once, not counted."""
+
+    @abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        """Move a leased message to the dead-letter store with `reason`."""
+
+    @abstractmethod
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """The newest dead letters first, optionally of one queue."""
+
+    @abstractmethod
+    def purge(self, queue: str) -> int:
+        """Delete the ready and delayed messages of a queue (not leased ones); return how many."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, QueueStats]:
+        """Counts per queue for every queue that has messages or dead letters."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

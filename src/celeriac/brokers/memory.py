@@ -1,0 +1,171 @@
+"""`memory://`: the broker contract in one process's memory, for tests.
+
+Same semantics as every other broker, nothing durable. All state sits behind one lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+
+
+@dataclass(slots=True)
+class _Message:
+    id: str
+    queue: str
+    body: bytes
+    priority: int
+    eta: float
+    seq: int
+    attempt: int = 0
+    lease_until: float | None = None  # None: not leased
+    lease_expiries: int = 0
+
+    def order(self) -> tuple[int, float, int]:
+        return (-self.priority, self.eta, self.seq)
+
+
+class MemoryBroker(Broker):
+    def __init__(self, url: str = "memory://", **options: Any) -> None:
+        super().__init__(url, **options)
+        self._lock = threading.Lock()
+        self._messages: dict[str, _Message] = {}
+        self._dead: list[DeadLetter] = []
+        self._seq = itertools.count()
+
+    def publish(self, messages: Sequence[Outgoing]) -> None:
+        now = self.clock()
+        with self._lock:
+            for m in messages:
+                if m.id not in self._messages:
+                    eta = now if m.eta is None else m.eta
+                    self._messages[m.id] = _Message(
+                        m.id, m.queue, m.body, m.priority, eta, next(self._seq)
+                    )
+
+    def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
+        now = self.clock()
+        wanted = set(queues)
+        out: list[Delivery] = []
+        with self._lock:
+            due = []
+            for m in list(self._messages.values()):
+                if m.queue not in wanted:
+                    continue
+                if m.lease_until is not None:
+                    if m.lease_until > now:
+                        continue
+                    if self._expire(m, now):
+                        continue
+                if m.eta <= now:
+                    due.append(m)
+            due.sort(key=_Message.order)
+            for m in due[:limit]:
+                m.attempt += 1
+                m.lease_until = now + lease
+                out.append(Delivery(m.id, m.queue, m.body, m.attempt, m.lease_expiries))
+        return out
+
+    def _expire(self, m: _Message, now: float) -> bool:
+        """A lease ran out: count it, and dead-letter the message past the limit."""
+        m.lease_expiries += 1
+        m.lease_until = None
+        if m.lease_expiries >= self.max_lease_expiries:
+            del self._messages[m.id]
+            reason = f"lease expired {m.lease_expiries} times: its worker died or hung"
+            self._dead.append(DeadLetter(m.id, m.queue, m.body, reason, now))
+            return True
+        return False
+
+    def _owned(self, d: Delivery) -> _Message | None:
+        m = self._messages.get(d.id)
+        if m is None or m.attempt != d.attempt or m.lease_until is None:
+            return None
+        return m
+
+    def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
+        now = self.clock()
+        result = []
+        with self._lock:
+            for d in deliveries:
+                m = self._owned(d)
+                if m is not None:
+                    m.lease_until = now + lease
+                result.append(m is not None)
+        return result
+
+    def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        result = []
+        with self._lock:
+            for d in deliveries:
+                m = self._owned(d)
+                if m is not None:
+                    del self._messages[d.id]
+                result.append(m is not None)
+        return result
+
+    def nack(self, delivery: Delivery, delay: float = 0.0, body: bytes | None = None) -> bool:
+        with self._lock:
+            m = self._owned(delivery)
+            if m is None:
+                return False
+            m.lease_until = None
+            m.eta = self.clock() + delay
+            m.seq = next(self._seq)
+            if body is not None:
+                m.body = body
+            return True
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        with self._lock:
+            for d in deliveries:
+                m = self._owned(d)
+                if m is not None:
+                    m.lease_until = None
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        with self._lock:
+            m = self._owned(delivery)
+            if m is None:
+                return False
+            del self._messages[m.id]
+            self._dead.append(DeadLetter(m.id, m.queue, m.body, reason, self.clock()))
+            return True
+
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        with self._lock:
+            found = [d for d in reversed(self._dead) if queue is None or d.queue == queue]
+        return found[:limit]
+
+    def purge(self, queue: str) -> int:
+        with self._lock:
+            doomed = [
+                m.id
+                for m in self._messages.values()
+                if m.queue == queue and m.lease_until is None
+            ]
+            for mid in doomed:
+                del self._messages[mid]
+        return len(doomed)
+
+    def stats(self) -> dict[str, QueueStats]:
+        now = self.clock()
+        counts: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for m in self._messages.values():
+                c = counts.setdefault(m.queue, {"ready": 0, "delayed": 0, "leased": 0, "dead": 0})
+                if m.lease_until is not None and m.lease_until > now:
+                    c["leased"] += 1
+                elif m.eta > now:
+                    c["delayed"] += 1
+                else:
+                    c["ready"] += 1
+            for dl in self._dead:
+                c = counts.setdefault(dl.queue, {"ready": 0, "delayed": 0, "leased": 0, "dead": 0})
+                c["dead"] += 1
+        return {q: QueueStats(**c) for q, c in sorted(counts.items())}

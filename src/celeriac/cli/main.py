@@ -1,0 +1,248 @@
+"""`celeriac -A proj worker | call | result | purge | inspect`.
+
+Errors a user can cause (a bad -A, a wrong URL, a broker that cannot be reached) print one
+line and exit with 2; nothing here prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .. import states
+from ..app import Celeriac
+from ..exceptions import CeleriacError, ConfigurationError
+from .loader import load_app
+
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="celeriac",
+        description="Celeriac: run workers, send tasks, read results, inspect queues.",
+        epilog="Example: celeriac -A proj worker --loglevel=info",
+    )
+    parser.add_argument(
+        "-A", "--app", metavar="APP",
+        help="the app: a module (proj, which may hold it in proj/celeriac.py) or module:attr",
+    )
+    parser.add_argument(
+        "-b", "--broker", metavar="URL",
+        help="broker URL, overriding the app's (e.g. sqlite:///celeriac.db)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    worker = sub.add_parser(
+        "worker", help="run a worker that executes tasks",
+        description="Fetch tasks from the broker and run them until SIGTERM/SIGINT "
+        "(first signal: finish running tasks; second: hand them back at once).",
+    )
+    worker.add_argument("-l", "--loglevel", default="info",
+                        choices=["debug", "info", "warning", "error", "critical"],
+                        type=str.lower, help="log level (default: info)")
+    worker.add_argument("-c", "--concurrency", type=int, metavar="N",
+                        help="tasks run at once (default: 8 threads, or one process per CPU)")
+    worker.add_argument("-Q", "--queues", metavar="A,B",
+                        help="comma-separated queues to consume (default: the default queue)")
+    worker.add_argument("-P", "--pool", choices=["threads", "processes"],
+                        help="where plain functions run; async def tasks always run on the "
+                        "worker's event loop (default: threads)")
+    worker.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="run N worker processes under a supervisor that restarts them")
+    worker.add_argument("--lease", type=float, metavar="SECONDS",
+                        help="lease on a fetched message: a dead worker's tasks run elsewhere "
+                        "after this (default: broker_lease_seconds, 30)")
+    worker.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
+                        help="on SIGTERM, how long running tasks may finish (default: 30)")
+
+    call = sub.add_parser("call", help="send a task by name and print its id",
+                          description="Send a task by name; prints the task id.")
+    call.add_argument("name", help="the task's registered name, e.g. proj.tasks.add")
+    call.add_argument("--args", default="[]", metavar="JSON", help="positional args, a JSON list")
+    call.add_argument("--kwargs", default="{}", metavar="JSON",
+                      help="keyword args, a JSON object")
+    call.add_argument("--queue", help="queue (default: by task_routes, else the default queue)")
+    call.add_argument("--countdown", type=float, metavar="SECONDS", help="run after this delay")
+    call.add_argument("--priority", type=int, choices=range(10), metavar="0-9",
+                      help="0-9, higher runs first")
+
+    result = sub.add_parser("result", help="show a task's state and result",
+                            description="Show a task's state and result as JSON.")
+    result.add_argument("task_id", metavar="ID")
+    result.add_argument("--wait", action="store_true",
+                        help="wait until the task is done, drawing its progress")
+    result.add_argument("--timeout", type=float, metavar="SECONDS", help="give up waiting after")
+
+    purge = sub.add_parser("purge", help="delete waiting messages of a queue",
+                           description="Delete the ready and delayed messages of a queue "
+                           "(running ones are left alone).")
+    purge.add_argument("--queue", "-Q", help="the queue (default: the default queue)")
+    purge.add_argument("-f", "--force", action="store_true", help="do not ask to confirm")
+
+    inspect = sub.add_parser("inspect", help="look at queues",
+                             description="Look at the broker's queues.")
+    inspect.add_argument("what", choices=["queues"],
+                         help="queues: ready, delayed, running and dead messages per queue")
+    return parser
+
+
+def _app(args: argparse.Namespace) -> Celeriac:
+    app = load_app(args.app) if args.app else Celeriac()
+    if args.broker:
+        app.conf.update({"broker_url": args.broker})
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        handler = COMMANDS[args.command]
+        return handler(args)
+    except CeleriacError as exc:
+        print(f"celeriac: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.loglevel.upper(), format=LOG_FORMAT)
+    if not args.app:
+        raise ConfigurationError("worker needs -A: the module that holds your app and tasks")
+    if args.processes < 1:
+        raise ConfigurationError("--processes must be at least 1")
+    if args.processes > 1:
+        from ..worker.supervisor import Supervisor
+
+        command = [sys.executable, "-m", "celeriac", "-A", args.app]
+        if args.broker:
+            command += ["--broker", args.broker]
+        command += ["worker", "--loglevel", args.loglevel]
+        for flag, value in (("--concurrency", args.concurrency), ("--queues", args.queues),
+                            ("--pool", args.pool), ("--lease", args.lease),
+                            ("--shutdown-timeout", args.shutdown_timeout)):
+            if value is not None:
+                command += [flag, str(value)]
+        return Supervisor(command, args.processes).run()
+
+    from ..worker.worker import Worker
+
+    app = _app(args)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    worker = Worker(app, queues=queues, concurrency=args.concurrency, pool=args.pool,
+                    app_spec=args.app, lease=args.lease, shutdown_timeout=args.shutdown_timeout)
+    return worker.run()
+
+
+def _json(text: str, what: str, kind: type) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, kind):
+        raise ConfigurationError(f"{what} must be a JSON {'list' if kind is list else 'object'}")
+    return value
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    app = _app(args)
+    eta = time.time() + args.countdown if args.countdown else None
+    result = app.send_task(
+        args.name,
+        args=_json(args.args, "--args", list),
+        kwargs=_json(args.kwargs, "--kwargs", dict),
+        queue=args.queue,
+        priority=args.priority,
+        eta=eta,
+    )
+    print(result.id)
+    return 0
+
+
+def _progress_bar(info: dict[str, Any], width: int = 30) -> str:
+    current, total = float(info.get("current") or 0), float(info.get("total") or 0)
+    fraction = min(1.0, current / total) if total > 0 else 0.0
+    filled = int(fraction * width)
+    text = f"[{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%} {current:g}/{total:g}"
+    return f"{text} {info['message']}" if info.get("message") else text
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    app = _app(args)
+    result = app.AsyncResult(args.task_id)
+    if args.wait:
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        tty = sys.stderr.isatty()
+        last_line = ""
+        while not result.ready():
+            progress = result.progress
+            line = _progress_bar(progress) if progress is not None else ""
+            if line and line != last_line:
+                # On a terminal the bar redraws in place; in a log, one line per change.
+                sys.stderr.write(f"\r{line}" if tty else f"{line}\n")
+                sys.stderr.flush()
+                last_line = line
+            if deadline is not None and time.monotonic() >= deadline:
+                print(f"celeriac: still {result.state} after {args.timeout}s", file=sys.stderr)
+                return 1
+            time.sleep(0.1)
+        if tty and last_line:
+            sys.stderr.write("\n")
+    backend = app.backend
+    meta = backend.get(args.task_id) if backend is not None else None
+    out: dict[str, Any] = {"id": args.task_id, "state": meta.state if meta else states.PENDING}
+    if meta is not None:
+        out["result"] = meta.result if meta.state != states.STARTED else None
+        if meta.info is not None:
+            out["info"] = meta.info
+        if meta.traceback:
+            out["traceback"] = meta.traceback
+    print(json.dumps(out, indent=2, default=str))
+    return 1 if out["state"] == states.FAILURE else 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    app = _app(args)
+    queue = args.queue or app.conf.task_default_queue
+    stats = app.broker.stats().get(queue)
+    waiting = (stats.ready + stats.delayed) if stats else 0
+    if waiting == 0:
+        print(f"queue {queue!r} has no waiting messages")
+        return 0
+    if not args.force:
+        if not sys.stdin.isatty():
+            raise ConfigurationError("purge asks to confirm; pass -f to purge without asking")
+        answer = input(f"Delete {waiting} waiting messages from queue {queue!r}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    print(f"deleted {app.broker.purge(queue)} messages from queue {queue!r}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    app = _app(args)
+    stats = app.broker.stats()
+    if not stats:
+        print("no queues have messages")
+        return 0
+    width = max(5, *(len(q) for q in stats))
+    print(f"{'queue':<{width}}  {'ready':>8}  {'delayed':>8}  {'running':>8}  {'dead':>8}")
+    for queue, s in stats.items():
+        print(f"{queue:<{width}}  {s.ready:>8}  {s.delayed:>8}  {s.leased:>8}  {s.dead:>8}")
+    return 0
+
+
+COMMANDS = {
+    "worker": cmd_worker,
+    "call": cmd_call,
+    "result": cmd_result,
+    "purge": cmd_purge,
+    "inspect": cmd_inspect,
+}

@@ -1,0 +1,298 @@
+"""`Task`: a function (sync or `async def`) with its options, and how to call it.
+
+`delay(*args, **kwargs)` passes only the task's own arguments and is typed by them;
+options go through `apply_async(..., countdown=, queue=, ...)`. `shared_task` makes a task
+that belongs to no app: it binds to the app in use when it is first called.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import datetime as dt
+import inspect
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    Literal,
+    NoReturn,
+    ParamSpec,
+    TypeVar,
+    overload,
+)
+
+from . import states
+from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
+
+if TYPE_CHECKING:
+    from .app import Celeriac
+    from .result import AsyncResult
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Options a task declares. Unknown names are an error at decoration time."""
+
+    name: str | None = None
+    bind: bool = False
+    queue: str | None = None
+    priority: int | None = None
+    max_retries: int | None = 3  # None: retry forever
+    default_retry_delay: float = 180.0
+    ignore_result: bool | None = None  # None: the app's task_ignore_result
+    acks_late: bool = True  # accepted for Celery code; Celeriac always acks after the outcome
+
+
+OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(TaskOptions))
+# Celery options that later Celeriac releases add: refused with a message that says so.
+NOT_YET = frozenset(
+    {
+        "autoretry_for",
+        "retry_backoff",
+        "retry_backoff_max",
+        "retry_jitter",
+        "rate_limit",
+        "time_limit",
+        "soft_time_limit",
+        "expires",
+    }
+)
+
+
+def make_options(options: dict[str, Any]) -> TaskOptions:
+    for key in options:
+        if key in NOT_YET:
+            raise ConfigurationError(f"task option {key!r} is not supported by Celeriac yet")
+        if key not in OPTION_NAMES:
+            raise ConfigurationError(
+                f"unknown task option {key!r}; known options: {', '.join(sorted(OPTION_NAMES))}"
+            )
+    priority = options.get("priority")
+    if priority is not None and not 0 <= priority <= 9:
+        raise ConfigurationError(f"task option priority={priority!r} must be between 0 and 9")
+    return TaskOptions(**options)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a running task knows about its own message: `self.request` in a bound task."""
+
+    id: str
+    task: str
+    args: Sequence[Any]
+    kwargs: dict[str, Any]
+    retries: int = 0
+    queue: str | None = None
+    headers: dict[str, Any] = dataclasses.field(default_factory=dict)
+    eta: float | None = None
+
+
+current_request: contextvars.ContextVar[Request | None] = contextvars.ContextVar(
+    "celeriac_request", default=None
+)
+
+
+def _timestamp(value: dt.datetime | float | None, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:  # naive datetimes are UTC, as with Celery's enable_utc
+            value = value.replace(tzinfo=dt.UTC)
+        return value.timestamp()
+    if isinstance(value, int | float):
+        return time.time() + float(value)
+    raise ConfigurationError(f"{what} must be a datetime or a number of seconds, not {value!r}")
+
+
+class Task(Generic[P, R]):
+    """A registered function. `R` is its result type (awaited, for `async def`)."""
+
+    def __init__(
+        self, fn: Callable[..., Any], options: TaskOptions, app: Celeriac | None = None
+    ) -> None:
+        self.fn = fn
+        self.options = options
+        self.name: str = options.name or f"{fn.__module__}.{fn.__qualname__}"
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._app = app
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    @property
+    def app(self) -> Celeriac:
+        """The app this task was declared on, or for a shared task the current app."""
+        if self._app is not None:
+            return self._app
+        from .app import current_app
+
+        return current_app()
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the function here and now, as a plain call (a coroutine for `async def`)."""
+        if self.options.bind:
+            return self.fn(self, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    # Sending ---------------------------------------------------------------------------
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """Send the task with these arguments; returns at once with its `AsyncResult`."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: dt.datetime | None = None,
+        expires: dt.datetime | float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> AsyncResult[R]:
+        """Send the task with options. `countdown` (seconds) or `eta` (datetime; naive means
+        UTC) delay it; `expires` (seconds from now, or a datetime) drops it if not started
+        by then; `priority` 0-9, higher first."""
+        if countdown is not None and eta is not None:
+            raise ConfigurationError("give countdown or eta, not both")
+        return self.app.send_task(
+            self.name,
+            args=args,
+            kwargs=kwargs,
+            eta=_timestamp(countdown if countdown is not None else eta, "eta"),
+            expires=_timestamp(expires, "expires"),
+            queue=queue or self.options.queue,
+            priority=priority if priority is not None else self.options.priority,
+            task_id=task_id,
+            headers=headers,
+        )
+
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+        from .result import AsyncResult
+
+        return AsyncResult(task_id, self.app, self.name)
+
+    # Inside a running task ---------------------------------------------------------------
+
+    @property
+    def request(self) -> Request:
+        request = current_request.get()
+        if request is None:
+            raise RuntimeError(f"{self.name}.request is only available while the task runs")
+        return request
+
+    def retry(
+        self,
+        exc: BaseException | None = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+    ) -> NoReturn:
+        """Ask to run again in `countdown` seconds (default `default_retry_delay`).
+
+        Past `max_retries`, raises `exc` if given, else `MaxRetriesExceededError`.
+        Use as `raise self.retry(exc=exc)` so readers see that it does not return.
+        """
+        request = self.request
+        limit = self.options.max_retries if max_retries is None else max_retries
+        if limit is not None and request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"{self.name}[{request.id}] already retried {request.retries} times"
+            )
+        raise Retry(self.options.default_retry_delay if countdown is None else countdown, exc)
+
+    def update_progress(self, current: float, total: float, message: str | None = None) -> None:
+        """Report progress; `AsyncResult.progress` and `celeriac result --wait` show it."""
+        from .backends.base import TaskMeta
+
+        backend = self.app.backend
+        if backend is None:
+            return
+        request = self.request
+        info = {"current": current, "total": total, "message": message}
+        backend.store([TaskMeta(request.id, states.STARTED, self.name, info=info)])
+
+
+
+class TaskDecorator:
+    """What `@shared_task(...)` and `@app.task(...)` return: applied to a function, a Task."""
+
+    def __init__(self, options: TaskOptions, app: Celeriac | None) -> None:
+        self.options = options
+        self.app = app
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[..., Any]) -> Task[Any, Any]:
+        return register(fn, self.options, self.app)
+
+
+class BoundTaskDecorator:
+    """`@shared_task(bind=True)`: the function takes the task as its first argument."""
+
+    def __init__(self, options: TaskOptions, app: Celeriac | None) -> None:
+        self.options = options
+        self.app = app
+
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]]) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Any, P], R]) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[..., Any]) -> Task[Any, Any]:
+        return register(fn, self.options, self.app)
+
+
+_shared_tasks: list[Task[Any, Any]] = []
+
+
+def register(fn: Callable[..., Any], options: TaskOptions, app: Celeriac | None) -> Task[Any, Any]:
+    task: Task[Any, Any] = Task(fn, options, app)
+    if app is None:
+        _shared_tasks.append(task)
+    else:
+        app.register(task)
+    return task
+
+
+def shared_tasks() -> list[Task[Any, Any]]:
+    return list(_shared_tasks)
+
+
+@overload
+def shared_task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...  # type: ignore[overload-overlap]
+@overload
+def shared_task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def shared_task(*, bind: Literal[True], **options: Any) -> BoundTaskDecorator: ...
+@overload
+def shared_task(*, bind: Literal[False] = False, **options: Any) -> TaskDecorator: ...
+def shared_task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Declare a task that belongs to no app: it binds to the current app when called.
+
+    `@shared_task`, or with options: `@shared_task(bind=True, max_retries=3, queue="mail")`.
+    """
+    return decorate(fn, options, None)
+
+
+def decorate(fn: Callable[..., Any] | None, options: dict[str, Any], app: Celeriac | None) -> Any:
+    """The body of `shared_task` and `app.task`: a Task, or a decorator that makes one."""
+    opts = make_options(options)
+    if fn is not None:
+        return register(fn, opts, app)
+    return BoundTaskDecorator(opts, app) if opts.bind else TaskDecorator(opts, app)

@@ -1,0 +1,435 @@
+"""The consume loop: one asyncio loop per process.
+
+    fetch (batch, leased)  ->  run (loop | threads | processes)  ->  store outcome  ->  ack
+
+All broker and backend calls go through one I/O thread, so a slow disk or network never
+blocks the loop and the loop is free to run `async def` tasks and the heartbeat. The
+heartbeat renews the leases of every message this process holds: it runs on the loop, not
+in a task's thread, so a task that computes for minutes is not taken for a dead worker.
+Outcomes are stored and acked in batches: a message is acked only after its outcome is
+stored, and an ack is fenced, so a worker whose lease was lost cannot ack over a new owner.
+
+Shutdown: the first SIGTERM/SIGINT stops fetching, hands back messages not yet started,
+and lets running tasks finish until `worker_shutdown_timeout`; then (or at a second
+signal) everything still held is handed back at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+
+from .. import states
+from ..app import Celeriac
+from ..backends.base import TaskMeta
+from ..brokers.base import Delivery
+from ..envelope import Envelope, decode, dumps, encode
+from ..exceptions import CeleriacError, ConfigurationError, DecodeError, EncodeError, NotRegistered
+from ..task import Request, Task, current_request
+from .executors import Outcome, ProcessExecutor, ThreadExecutor, run_async
+
+log = logging.getLogger("celeriac.worker")
+T = TypeVar("T")
+
+MAX_LOGGED_RESULT = 200
+
+
+@dataclass
+class _Finished:
+    delivery: Delivery
+    meta: TaskMeta | None  # None: nothing to store (ignore_result)
+
+
+class Worker:
+    def __init__(
+        self,
+        app: Celeriac,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        pool: str | None = None,
+        app_spec: str | None = None,
+        lease: float | None = None,
+        prefetch_multiplier: int | None = None,
+        shutdown_timeout: float | None = None,
+    ) -> None:
+        conf = app.conf
+        self.app = app
+        self.queues = list(queues or [conf.task_default_queue])
+        self.pool = pool or conf.worker_pool
+        if self.pool not in ("threads", "processes"):
+            raise ConfigurationError(f"--pool must be threads or processes, not {self.pool!r}")
+        if self.pool == "processes" and not app_spec:
+            raise ConfigurationError("the processes pool needs the app's -A spec to load it")
+        default = (os.cpu_count() or 1) if self.pool == "processes" else 8
+        self.concurrency = concurrency or conf.worker_concurrency or default
+        self.app_spec = app_spec
+        self.lease = lease or conf.broker_lease_seconds
+        multiplier = prefetch_multiplier or conf.worker_prefetch_multiplier
+        self.capacity = self.concurrency * max(1, multiplier)
+        self.shutdown_timeout = (
+            conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
+        )
+        self.poll_interval = conf.broker_poll_interval
+        self.held: dict[tuple[str, int], Delivery] = {}  # fetched and not yet acked
+        self.running = 0
+        self.processed = 0
+        self._signatures: dict[str, inspect.Signature] = {}
+
+    # Running -------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; return the process exit code."""
+        code = asyncio.run(self.main())
+        if self.running and self.pool == "threads":
+            # Threads cannot be stopped, and Python would wait for them at exit; their
+            # messages are already handed back, so leave now.
+            logging.shutdown()
+            os._exit(code)
+        return code
+
+    async def main(self, ready: Callable[[], None] | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="celeriac-io")
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._stop = asyncio.Event()
+        self._hard_stop = asyncio.Event()
+        self._room = asyncio.Event()
+        self._finished: list[_Finished] = []
+        self._have_finished = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.executor: ThreadExecutor | ProcessExecutor = (
+            ProcessExecutor(self.concurrency, self.app_spec or "")
+            if self.pool == "processes"
+            else ThreadExecutor(self.concurrency)
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+            except (RuntimeError, ValueError):  # not the main thread (tests run workers in one)
+                pass
+        try:
+            # Connect (and create tables) before saying we are ready.
+            await self._call(lambda: (self.app.broker, self.app.backend))
+            self.tasks = await self._call(lambda: self.app.tasks)
+            self._banner()
+            if ready is not None:
+                ready()
+            heartbeat = asyncio.create_task(self._heartbeat())
+            acker = asyncio.create_task(self._acker())
+            await self._fetch_loop()
+            await self._drain()
+            heartbeat.cancel()
+            acker.cancel()
+        finally:
+            self.executor.shutdown()
+            self._io.shutdown(wait=True)
+        log.info("worker stopped after %d tasks", self.processed)
+        return 0
+
+    def request_stop(self) -> None:
+        """First call: warm shutdown. Second call: hand everything back now."""
+        if self._stop.is_set():
+            log.warning("second stop signal: handing back every message now")
+            self._hard_stop.set()
+        else:
+            log.info(
+                "stopping: no new tasks; %d running may finish within %.0fs (signal again to hand"
+                " them back now)",
+                self.running,
+                self.shutdown_timeout,
+            )
+            self._stop.set()
+            self._room.set()
+
+    def _banner(self) -> None:
+        names = sorted(n for n in self.tasks if not n.startswith("celeriac."))
+        log.info(
+            "celeriac worker ready: broker %s, queues %s, %s pool of %d, %d tasks: %s",
+            self.app.broker.url,
+            ",".join(self.queues),
+            self.pool,
+            self.concurrency,
+            len(names),
+            ", ".join(names),
+        )
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        """Run a broker or backend call in the I/O thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn)
+
+    # Fetching ------------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        broker = self.app.broker
+        idle_pause = 0.001
+        while not self._stop.is_set():
+            room = self.capacity - len(self.held)
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            try:
+                deliveries = await self._call(lambda: broker.fetch(self.queues, room, self.lease))
+            except CeleriacError as exc:
+                log.error("fetch failed, retrying in 1s: %s", exc)
+                deliveries = []
+                idle_pause = 1.0
+            if deliveries:
+                idle_pause = 0.001
+                for delivery in deliveries:
+                    self.held[(delivery.id, delivery.attempt)] = delivery
+                    task = asyncio.create_task(self._handle(delivery))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                continue
+            try:
+                await asyncio.wait_for(self._stop.wait(), idle_pause)
+            except TimeoutError:
+                pass
+            idle_pause = min(idle_pause * 2, self.poll_interval)
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases of every held message, every third of the lease."""
+        broker = self.app.broker
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            held = list(self.held.values())
+            if not held:
+                continue
+            try:
+                owned = await self._call(lambda: broker.renew(held, self.lease))
+            except CeleriacError as exc:
+                log.error("lease renewal failed: %s", exc)
+                continue
+            for delivery, ok in zip(held, owned, strict=True):
+                if not ok and (delivery.id, delivery.attempt) in self.held:
+                    log.warning("lost the lease on %s: it may run again elsewhere", delivery.id)
+
+    async def _drain(self) -> None:
+        """After the stop signal: wait for running tasks up to the deadline, then hand back
+        whatever is still held."""
+        deadline = asyncio.get_running_loop().time() + self.shutdown_timeout
+        while self._tasks and not self._hard_stop.is_set():
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                log.warning("shutdown deadline reached with %d tasks running", self.running)
+                break
+            hard = asyncio.create_task(self._hard_stop.wait())
+            await asyncio.wait([*self._tasks, hard], timeout=remaining, return_when="FIRST_COMPLETED")
+            hard.cancel()
+        await self._flush()
+        if self.held:
+            back = list(self.held.values())
+            log.warning("handing back %d messages", len(back))
+            await self._call(lambda: self.app.broker.release(back))
+            self.held.clear()
+        for task in self._tasks:
+            task.cancel()
+
+    # Running one message -------------------------------------------------------------------
+
+    async def _handle(self, delivery: Delivery) -> None:
+        async with self._slots:
+            if self._stop.is_set():
+                return  # never started: handed back by _drain
+            self.running += 1
+            try:
+                await self._process(delivery)
+            finally:
+                self.running -= 1
+
+    async def _process(self, delivery: Delivery) -> None:
+        try:
+            envelope = decode(delivery.body)
+            task = self.tasks.get(envelope.task) or self.app.get_task(envelope.task)
+            self._check_arguments(task, envelope)
+        except (DecodeError, NotRegistered, TypeError) as exc:
+            await self._dead_letter(delivery, f"{type(exc).__name__}: {exc}")
+            return
+        if envelope.expires is not None and envelope.expires < time.time():
+            log.info("Task %s[%s] expired", envelope.task, envelope.id)
+            self._finish(delivery, TaskMeta(envelope.id, states.EXPIRED, envelope.task,
+                                            date_done=time.time()))
+            return
+        request = Request(
+            envelope.id,
+            envelope.task,
+            envelope.args,
+            envelope.kwargs,
+            envelope.retries,
+            envelope.queue,
+            envelope.headers,
+            envelope.eta,
+        )
+        track = self.app.conf.task_track_started
+        if track and self.app.backend is not None:
+            meta = TaskMeta(envelope.id, states.STARTED, envelope.task)
+            await self._call(lambda: self.app.backend.store([meta]))  # type: ignore[union-attr]
+        started = time.perf_counter()
+        outcome = await self._execute(task, request)
+        runtime = time.perf_counter() - started
+        await self._record(delivery, envelope, task, outcome, runtime)
+
+    def _check_arguments(self, task: Task[Any, Any], envelope: Envelope) -> None:
+        signature = self._signatures.get(task.name)
+        if signature is None:
+            signature = self._signatures[task.name] = inspect.signature(task.fn)
+        args = [None, *envelope.args] if task.options.bind else envelope.args
+        try:
+            signature.bind(*args, **envelope.kwargs)
+        except TypeError as exc:
+            raise TypeError(f"arguments do not match {task.name}{signature}: {exc}") from None
+
+    async def _execute(self, task: Task[Any, Any], request: Request) -> Outcome:
+        if task.is_async:
+            token = current_request.set(request)
+            try:
+                return await run_async(task, request)
+            finally:
+                current_request.reset(token)
+        return await self.executor.run(task, request)
+
+    async def _record(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        task: Task[Any, Any],
+        outcome: Outcome,
+        runtime: float,
+    ) -> None:
+        name, tid = envelope.task, envelope.id
+        if outcome.kind == "success":
+            try:
+                dumps(outcome.value)
+            except EncodeError as exc:
+                outcome = Outcome("failure", error_type="EncodeError", error_message=str(exc))
+        now = time.time()
+        if outcome.kind == "success":
+            shown = repr(outcome.value)
+            if len(shown) > MAX_LOGGED_RESULT:
+                shown = shown[:MAX_LOGGED_RESULT] + "..."
+            log.info("Task %s[%s] succeeded in %.4fs: %s", name, tid, runtime, shown)
+            meta = TaskMeta(tid, states.SUCCESS, name, outcome.value, date_done=now)
+        elif outcome.kind == "failure":
+            log.error(
+                "Task %s[%s] failed in %.4fs: %s: %s\n%s",
+                name,
+                tid,
+                runtime,
+                outcome.error_type,
+                outcome.error_message,
+                outcome.traceback or "",
+            )
+            error = {"type": outcome.error_type, "message": outcome.error_message}
+            meta = TaskMeta(tid, states.FAILURE, name, error, outcome.traceback, date_done=now)
+        elif outcome.kind == "retry":
+            await self._retry(delivery, envelope, outcome, runtime)
+            return
+        else:
+            await self._crashed(delivery, envelope, outcome)
+            return
+        ignore = task.options.ignore_result
+        if ignore is None:
+            ignore = self.app.conf.task_ignore_result
+        self._finish(delivery, None if ignore else meta)
+
+    async def _retry(
+        self, delivery: Delivery, envelope: Envelope, outcome: Outcome, runtime: float
+    ) -> None:
+        log.info(
+            "Task %s[%s] retry %d in %ss (ran %.4fs) %s",
+            envelope.task,
+            envelope.id,
+            envelope.retries + 1,
+            outcome.countdown,
+            runtime,
+            outcome.error_message,
+        )
+        again = msgspec.structs.replace(envelope, retries=envelope.retries + 1)
+        body = encode(again)
+        meta = TaskMeta(envelope.id, states.RETRY, envelope.task, info=outcome.error_message)
+        backend = self.app.backend
+
+        def retry() -> None:
+            if backend is not None:
+                backend.store([meta])
+            self.app.broker.nack(delivery, outcome.countdown, body)
+
+        await self._call(retry)
+        self._release_slot(delivery)
+
+    async def _crashed(self, delivery: Delivery, envelope: Envelope, outcome: Outcome) -> None:
+        """The pool process running the task died. Count it in the message; past the lease
+        expiry limit the message is dead-lettered, as if its whole worker had died."""
+        crashes = int(envelope.headers.get("crashes", 0)) + 1
+        limit = self.app.conf.broker_max_lease_expiries
+        log.error("Task %s[%s] crashed its pool process (%d/%d)", envelope.task, envelope.id,
+                  crashes, limit)
+        if crashes >= limit:
+            await self._dead_letter(delivery, f"crashed its worker process {crashes} times")
+            return
+        again = msgspec.structs.replace(envelope, headers={**envelope.headers, "crashes": crashes})
+        body = encode(again)
+        await self._call(lambda: self.app.broker.nack(delivery, 0.0, body))
+        self._release_slot(delivery)
+
+    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        log.error("message %s dead-lettered: %s", delivery.id, reason)
+        await self._call(lambda: self.app.broker.dead_letter(delivery, reason))
+        self._release_slot(delivery)
+
+    # Storing outcomes and acking -------------------------------------------------------------
+
+    def _finish(self, delivery: Delivery, meta: TaskMeta | None) -> None:
+        self._finished.append(_Finished(delivery, meta))
+        self._have_finished.set()
+
+    def _release_slot(self, delivery: Delivery) -> None:
+        self.held.pop((delivery.id, delivery.attempt), None)
+        self.processed += 1
+        self._room.set()
+
+    async def _acker(self) -> None:
+        """Store outcomes, then ack their messages: everything finished since the last
+        round goes in one backend call and one broker call."""
+        while True:
+            await self._have_finished.wait()
+            self._have_finished.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        batch, self._finished = self._finished, []
+        if not batch:
+            return
+        backend = self.app.backend
+        broker = self.app.broker
+        metas = [f.meta for f in batch if f.meta is not None]
+        deliveries = [f.delivery for f in batch]
+
+        def store_and_ack() -> list[bool]:
+            if metas and backend is not None:
+                backend.store(metas)
+            return broker.ack(deliveries)
+
+        try:
+            acked = await self._call(store_and_ack)
+        except CeleriacError as exc:
+            # Not acked: no longer renewed, so the messages run again once their lease ends.
+            log.error("could not store outcomes / ack %d messages: %s", len(batch), exc)
+            acked = [True] * len(batch)  # nothing more to do for them here
+        for delivery, ok in zip(deliveries, acked, strict=True):
+            if not ok:
+                log.warning("ack of %s refused: its lease was lost and it was fetched again",
+                            delivery.id)
+            self._release_slot(delivery)
