@@ -24,27 +24,24 @@ from .result import AsyncResult
 from .task import Request, Task, shared_task
 
 __all__ = [
-    # The app and tasks
-    "Celeriac",
-    "current_app",
-    "shared_task",
-    "Task",
-    "Request",
-    # Results
+    "AppNotFoundError",
     "AsyncResult",
-    "states",
-    # Errors
+    "BrokerError",
+    "Celeriac",
     "CeleriacError",
     "ConfigurationError",
-    "AppNotFoundError",
-    "BrokerError",
-    "EncodeError",
     "DecodeError",
-    "NotRegistered",
-    "TimeoutError",
-    "TaskFailed",
+    "EncodeError",
     "MaxRetriesExceededError",
+    "NotRegistered",
+    "Request",
     "Retry",
+    "Task",
+    "TaskFailed",
+    "TimeoutError",
+    "current_app",
+    "shared_task",
+    "states",
 ]
 
 __version__ = "0.1.0"

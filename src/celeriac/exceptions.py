@@ -1,17 +1,17 @@
 """Errors a Celeriac user can meet, and the control-flow signals tasks raise.
 
-    CeleriacError                  root of every error Celeriac raises
-    ├── ConfigurationError         a bad setting, URL or task option
-    │   └── AppNotFoundError       `-A` names nothing we can load
-    ├── BrokerError                the broker could not be reached or refused an operation
-    ├── EncodeError                arguments or a result that JSON cannot carry
-    ├── DecodeError                bytes that are not a valid Celeriac message
-    ├── NotRegistered              a message names a task this app does not know
-    ├── TimeoutError               `AsyncResult.get(timeout=...)` ran out of time
-    ├── TaskFailed                 `get()` of a task that failed (carries type, message, traceback)
-    └── MaxRetriesExceededError    `self.retry()` past `max_retries`
+CeleriacError                  root of every error Celeriac raises
+├── ConfigurationError         a bad setting, URL or task option
+│   └── AppNotFoundError       `-A` names nothing we can load
+├── BrokerError                the broker could not be reached or refused an operation
+├── EncodeError                arguments or a result that JSON cannot carry
+├── DecodeError                bytes that are not a valid Celeriac message
+├── NotRegistered              a message names a task this app does not know
+├── TimeoutError               `AsyncResult.get(timeout=...)` ran out of time
+├── TaskFailed                 `get()` of a task that failed (carries type, message, traceback)
+└── MaxRetriesExceededError    `self.retry()` past `max_retries`
 
-    Retry                          raised by `self.retry()`: not an error, a request to run again
+Retry                          raised by `self.retry()`: not an error, a request to run again
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class MaxRetriesExceededError(CeleriacError):
     """`self.retry()` was called after `max_retries` retries."""
 
 
-class Retry(Exception):  # noqa: N818 - Celery's name, kept for people moving over
+class Retry(Exception):
     """Raised by `Task.retry()` to ask the worker to run the task again later.
 
     Not a `CeleriacError`: it is control flow, not a failure.

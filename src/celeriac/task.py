@@ -180,7 +180,7 @@ class Task(Generic[P, R]):
             headers=headers,
         )
 
-    def AsyncResult(self, task_id: str) -> AsyncResult[R]:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str) -> AsyncResult[R]:
         from .result import AsyncResult
 
         return AsyncResult(task_id, self.app, self.name)
@@ -225,7 +225,6 @@ class Task(Generic[P, R]):
         request = self.request
         info = {"current": current, "total": total, "message": message}
         backend.store([TaskMeta(request.id, states.STARTED, self.name, info=info)])
-
 
 
 class TaskDecorator:
@@ -275,7 +274,7 @@ def shared_tasks() -> list[Task[Any, Any]]:
 
 
 @overload
-def shared_task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...  # type: ignore[overload-overlap]
+def shared_task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
 @overload
 def shared_task(fn: Callable[P, R], /) -> Task[P, R]: ...
 @overload

@@ -49,6 +49,8 @@ class MemoryBroker(Broker):
                     )
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
+        if not queues or limit <= 0:
+            return []
         now = self.clock()
         wanted = set(queues)
         out: list[Delivery] = []
@@ -145,9 +147,7 @@ class MemoryBroker(Broker):
     def purge(self, queue: str) -> int:
         with self._lock:
             doomed = [
-                m.id
-                for m in self._messages.values()
-                if m.queue == queue and m.lease_until is None
+                m.id for m in self._messages.values() if m.queue == queue and m.lease_until is None
             ]
             for mid in doomed:
                 del self._messages[mid]

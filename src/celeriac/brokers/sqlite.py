@@ -167,12 +167,21 @@ class SqliteBroker(Broker):
         eta = self.clock() + delay
         with self.db.transaction() as conn:
             # A new seq puts the message behind the ones already waiting, as a new publish would.
-            (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM celeriac_messages").fetchone()
+            (seq,) = conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM celeriac_messages"
+            ).fetchone()
             return (
                 conn.execute(
                     "UPDATE celeriac_messages SET state = ?, eta = ?, lease_until = NULL,"
                     f" seq = ?, body = COALESCE(?, body) WHERE {_OWNED}",
-                    (DELAYED if delay > 0 else READY, eta, seq, body, delivery.id, delivery.attempt),
+                    (
+                        DELAYED if delay > 0 else READY,
+                        eta,
+                        seq,
+                        body,
+                        delivery.id,
+                        delivery.attempt,
+                    ),
                 ).rowcount
                 == 1
             )
@@ -242,4 +251,3 @@ class SqliteBroker(Broker):
 
     def close(self) -> None:
         self.db.close()
-

@@ -19,7 +19,7 @@ from ..app import Celeriac
 from ..exceptions import CeleriacError, ConfigurationError
 from .loader import load_app
 
-LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(process)d] %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,66 +29,116 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: celeriac -A proj worker --loglevel=info",
     )
     parser.add_argument(
-        "-A", "--app", metavar="APP",
+        "-A",
+        "--app",
+        metavar="APP",
         help="the app: a module (proj, which may hold it in proj/celeriac.py) or module:attr",
     )
     parser.add_argument(
-        "-b", "--broker", metavar="URL",
+        "-b",
+        "--broker",
+        metavar="URL",
         help="broker URL, overriding the app's (e.g. sqlite:///celeriac.db)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     worker = sub.add_parser(
-        "worker", help="run a worker that executes tasks",
+        "worker",
+        help="run a worker that executes tasks",
         description="Fetch tasks from the broker and run them until SIGTERM/SIGINT "
         "(first signal: finish running tasks; second: hand them back at once).",
     )
-    worker.add_argument("-l", "--loglevel", default="info",
-                        choices=["debug", "info", "warning", "error", "critical"],
-                        type=str.lower, help="log level (default: info)")
-    worker.add_argument("-c", "--concurrency", type=int, metavar="N",
-                        help="tasks run at once (default: 8 threads, or one process per CPU)")
-    worker.add_argument("-Q", "--queues", metavar="A,B",
-                        help="comma-separated queues to consume (default: the default queue)")
-    worker.add_argument("-P", "--pool", choices=["threads", "processes"],
-                        help="where plain functions run; async def tasks always run on the "
-                        "worker's event loop (default: threads)")
-    worker.add_argument("--processes", type=int, default=1, metavar="N",
-                        help="run N worker processes under a supervisor that restarts them")
-    worker.add_argument("--lease", type=float, metavar="SECONDS",
-                        help="lease on a fetched message: a dead worker's tasks run elsewhere "
-                        "after this (default: broker_lease_seconds, 30)")
-    worker.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
-                        help="on SIGTERM, how long running tasks may finish (default: 30)")
+    worker.add_argument(
+        "-l",
+        "--loglevel",
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical"],
+        type=str.lower,
+        help="log level (default: info)",
+    )
+    worker.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="tasks run at once (default: 8 threads, or one process per CPU)",
+    )
+    worker.add_argument(
+        "-Q",
+        "--queues",
+        metavar="A,B",
+        help="comma-separated queues to consume (default: the default queue)",
+    )
+    worker.add_argument(
+        "-P",
+        "--pool",
+        choices=["threads", "processes"],
+        help="where plain functions run; async def tasks always run on the "
+        "worker's event loop (default: threads)",
+    )
+    worker.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N worker processes under a supervisor that restarts them",
+    )
+    worker.add_argument(
+        "--lease",
+        type=float,
+        metavar="SECONDS",
+        help="lease on a fetched message: a dead worker's tasks run elsewhere "
+        "after this (default: broker_lease_seconds, 30)",
+    )
+    worker.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, how long running tasks may finish (default: 30)",
+    )
 
-    call = sub.add_parser("call", help="send a task by name and print its id",
-                          description="Send a task by name; prints the task id.")
+    call = sub.add_parser(
+        "call",
+        help="send a task by name and print its id",
+        description="Send a task by name; prints the task id.",
+    )
     call.add_argument("name", help="the task's registered name, e.g. proj.tasks.add")
     call.add_argument("--args", default="[]", metavar="JSON", help="positional args, a JSON list")
-    call.add_argument("--kwargs", default="{}", metavar="JSON",
-                      help="keyword args, a JSON object")
+    call.add_argument("--kwargs", default="{}", metavar="JSON", help="keyword args, a JSON object")
     call.add_argument("--queue", help="queue (default: by task_routes, else the default queue)")
     call.add_argument("--countdown", type=float, metavar="SECONDS", help="run after this delay")
-    call.add_argument("--priority", type=int, choices=range(10), metavar="0-9",
-                      help="0-9, higher runs first")
+    call.add_argument(
+        "--priority", type=int, choices=range(10), metavar="0-9", help="0-9, higher runs first"
+    )
 
-    result = sub.add_parser("result", help="show a task's state and result",
-                            description="Show a task's state and result as JSON.")
+    result = sub.add_parser(
+        "result",
+        help="show a task's state and result",
+        description="Show a task's state and result as JSON.",
+    )
     result.add_argument("task_id", metavar="ID")
-    result.add_argument("--wait", action="store_true",
-                        help="wait until the task is done, drawing its progress")
+    result.add_argument(
+        "--wait", action="store_true", help="wait until the task is done, drawing its progress"
+    )
     result.add_argument("--timeout", type=float, metavar="SECONDS", help="give up waiting after")
 
-    purge = sub.add_parser("purge", help="delete waiting messages of a queue",
-                           description="Delete the ready and delayed messages of a queue "
-                           "(running ones are left alone).")
+    purge = sub.add_parser(
+        "purge",
+        help="delete waiting messages of a queue",
+        description="Delete the ready and delayed messages of a queue "
+        "(running ones are left alone).",
+    )
     purge.add_argument("--queue", "-Q", help="the queue (default: the default queue)")
     purge.add_argument("-f", "--force", action="store_true", help="do not ask to confirm")
 
-    inspect = sub.add_parser("inspect", help="look at queues",
-                             description="Look at the broker's queues.")
-    inspect.add_argument("what", choices=["queues"],
-                         help="queues: ready, delayed, running and dead messages per queue")
+    inspect = sub.add_parser(
+        "inspect", help="look at queues", description="Look at the broker's queues."
+    )
+    inspect.add_argument(
+        "what",
+        choices=["queues"],
+        help="queues: ready, delayed, running and dead messages per queue",
+    )
     return parser
 
 
@@ -124,9 +174,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if args.broker:
             command += ["--broker", args.broker]
         command += ["worker", "--loglevel", args.loglevel]
-        for flag, value in (("--concurrency", args.concurrency), ("--queues", args.queues),
-                            ("--pool", args.pool), ("--lease", args.lease),
-                            ("--shutdown-timeout", args.shutdown_timeout)):
+        for flag, value in (
+            ("--concurrency", args.concurrency),
+            ("--queues", args.queues),
+            ("--pool", args.pool),
+            ("--lease", args.lease),
+            ("--shutdown-timeout", args.shutdown_timeout),
+        ):
             if value is not None:
                 command += [flag, str(value)]
         return Supervisor(command, args.processes).run()
@@ -135,8 +189,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     app = _app(args)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
-    worker = Worker(app, queues=queues, concurrency=args.concurrency, pool=args.pool,
-                    app_spec=args.app, lease=args.lease, shutdown_timeout=args.shutdown_timeout)
+    worker = Worker(
+        app,
+        queues=queues,
+        concurrency=args.concurrency,
+        pool=args.pool,
+        app_spec=args.app,
+        lease=args.lease,
+        shutdown_timeout=args.shutdown_timeout,
+    )
     return worker.run()
 
 

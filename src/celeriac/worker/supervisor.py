@@ -55,8 +55,9 @@ class Supervisor:
                 if restart_at[slot] == 0.0:
                     self.failures[slot] += 1
                     pause = min(MAX_RESTART_PAUSE, 0.5 * 2 ** (self.failures[slot] - 1))
-                    log.error("worker process %d exited with %s; restarting in %.1fs",
-                              slot, code, pause)
+                    log.error(
+                        "worker process %d exited with %s; restarting in %.1fs", slot, code, pause
+                    )
                     restart_at[slot] = time.monotonic() + pause
                 elif time.monotonic() >= restart_at[slot]:
                     restart_at[slot] = 0.0

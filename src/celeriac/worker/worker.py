@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import logging
 import os
@@ -114,10 +115,9 @@ class Worker:
             else ThreadExecutor(self.concurrency)
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            # Not possible outside the main thread (tests run workers in one): no signals there.
+            with contextlib.suppress(RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self.request_stop)
-            except (RuntimeError, ValueError):  # not the main thread (tests run workers in one)
-                pass
         try:
             # Connect (and create tables) before saying we are ready.
             await self._call(lambda: (self.app.broker, self.app.backend))
@@ -164,9 +164,9 @@ class Worker:
             ", ".join(names),
         )
 
-    async def _call(self, fn: Callable[[], T]) -> T:
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a broker or backend call in the I/O thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._io, fn)
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     # Fetching ------------------------------------------------------------------------------
 
@@ -180,7 +180,7 @@ class Worker:
                 await self._room.wait()
                 continue
             try:
-                deliveries = await self._call(lambda: broker.fetch(self.queues, room, self.lease))
+                deliveries = await self._call(broker.fetch, self.queues, room, self.lease)
             except CeleriacError as exc:
                 log.error("fetch failed, retrying in 1s: %s", exc)
                 deliveries = []
@@ -193,10 +193,8 @@ class Worker:
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), idle_pause)
-            except TimeoutError:
-                pass
             idle_pause = min(idle_pause * 2, self.poll_interval)
 
     async def _heartbeat(self) -> None:
@@ -208,7 +206,7 @@ class Worker:
             if not held:
                 continue
             try:
-                owned = await self._call(lambda: broker.renew(held, self.lease))
+                owned = await self._call(broker.renew, held, self.lease)
             except CeleriacError as exc:
                 log.error("lease renewal failed: %s", exc)
                 continue
@@ -226,13 +224,15 @@ class Worker:
                 log.warning("shutdown deadline reached with %d tasks running", self.running)
                 break
             hard = asyncio.create_task(self._hard_stop.wait())
-            await asyncio.wait([*self._tasks, hard], timeout=remaining, return_when="FIRST_COMPLETED")
+            await asyncio.wait(
+                [*self._tasks, hard], timeout=remaining, return_when="FIRST_COMPLETED"
+            )
             hard.cancel()
         await self._flush()
         if self.held:
             back = list(self.held.values())
             log.warning("handing back %d messages", len(back))
-            await self._call(lambda: self.app.broker.release(back))
+            await self._call(self.app.broker.release, back)
             self.held.clear()
         for task in self._tasks:
             task.cancel()
@@ -259,8 +259,10 @@ class Worker:
             return
         if envelope.expires is not None and envelope.expires < time.time():
             log.info("Task %s[%s] expired", envelope.task, envelope.id)
-            self._finish(delivery, TaskMeta(envelope.id, states.EXPIRED, envelope.task,
-                                            date_done=time.time()))
+            self._finish(
+                delivery,
+                TaskMeta(envelope.id, states.EXPIRED, envelope.task, date_done=time.time()),
+            )
             return
         request = Request(
             envelope.id,
@@ -275,7 +277,7 @@ class Worker:
         track = self.app.conf.task_track_started
         if track and self.app.backend is not None:
             meta = TaskMeta(envelope.id, states.STARTED, envelope.task)
-            await self._call(lambda: self.app.backend.store([meta]))  # type: ignore[union-attr]
+            await self._call(self.app.backend.store, [meta])
         started = time.perf_counter()
         outcome = await self._execute(task, request)
         runtime = time.perf_counter() - started
@@ -374,19 +376,24 @@ class Worker:
         expiry limit the message is dead-lettered, as if its whole worker had died."""
         crashes = int(envelope.headers.get("crashes", 0)) + 1
         limit = self.app.conf.broker_max_lease_expiries
-        log.error("Task %s[%s] crashed its pool process (%d/%d)", envelope.task, envelope.id,
-                  crashes, limit)
+        log.error(
+            "Task %s[%s] crashed its pool process (%d/%d)",
+            envelope.task,
+            envelope.id,
+            crashes,
+            limit,
+        )
         if crashes >= limit:
             await self._dead_letter(delivery, f"crashed its worker process {crashes} times")
             return
         again = msgspec.structs.replace(envelope, headers={**envelope.headers, "crashes": crashes})
         body = encode(again)
-        await self._call(lambda: self.app.broker.nack(delivery, 0.0, body))
+        await self._call(self.app.broker.nack, delivery, 0.0, body)
         self._release_slot(delivery)
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         log.error("message %s dead-lettered: %s", delivery.id, reason)
-        await self._call(lambda: self.app.broker.dead_letter(delivery, reason))
+        await self._call(self.app.broker.dead_letter, delivery, reason)
         self._release_slot(delivery)
 
     # Storing outcomes and acking -------------------------------------------------------------
@@ -430,6 +437,7 @@ class Worker:
             acked = [True] * len(batch)  # nothing more to do for them here
         for delivery, ok in zip(deliveries, acked, strict=True):
             if not ok:
-                log.warning("ack of %s refused: its lease was lost and it was fetched again",
-                            delivery.id)
+                log.warning(
+                    "ack of %s refused: its lease was lost and it was fetched again", delivery.id
+                )
             self._release_slot(delivery)
