@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
+from ..envelope import dumps, loads
 from ..exceptions import TimeoutError
 from .base import ResultBackend, TaskMeta
 
@@ -18,6 +20,12 @@ class MemoryBackend(ResultBackend):
         self._metas: dict[str, tuple[TaskMeta, float | None]] = {}
 
     def store(self, metas: Sequence[TaskMeta]) -> None:
+        # Through JSON, as every backend stores results: the same types come back (a tuple
+        # as a list), a value JSON cannot carry fails here, and the caller's later changes
+        # to its objects do not change what is stored.
+        metas = [
+            replace(m, result=loads(dumps(m.result)), info=loads(dumps(m.info))) for m in metas
+        ]
         now = time.time()
         with self._changed:
             for meta in metas:

@@ -1,0 +1,102 @@
+"""Fixtures for the result-backend conformance suite.
+
+Every test in this directory runs once per backend kind in `BACKEND_KINDS`; to add one
+(redis, postgres), append a `BackendKind`. Servers are shared between tests, so each test
+uses fresh task ids (`task_id`, `new_task_id`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from celeriac.backends import ResultBackend, from_url
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    """`connect(tmp_path, options)` returns a new backend object; `shared` is True when two
+    objects built for the same test see the same results (a file or a server)."""
+
+    name: str
+    connect: Callable[[Path, dict[str, Any]], ResultBackend]
+    shared: bool
+
+
+def _memory(tmp_path: Path, options: dict[str, Any]) -> ResultBackend:
+    return from_url("memory://", **options)
+
+
+def _sqlite(tmp_path: Path, options: dict[str, Any]) -> ResultBackend:
+    return from_url(f"sqlite:///{tmp_path}/r.db", **options)
+
+
+BACKEND_KINDS = [
+    BackendKind("memory", _memory, shared=False),
+    BackendKind("sqlite", _sqlite, shared=True),
+]
+
+
+def eventually(fn: Callable[[], T], timeout: float = 5.0, interval: float = 0.005) -> T:
+    """Call `fn` until it returns something truthy and return that; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"still {value!r} after {timeout}s")
+        time.sleep(interval)
+
+
+MakeBackend = Callable[..., ResultBackend]
+
+
+@pytest.fixture(params=BACKEND_KINDS, ids=lambda kind: kind.name)
+def backend_kind(request: pytest.FixtureRequest) -> BackendKind:
+    kind: BackendKind = request.param
+    return kind
+
+
+@pytest.fixture
+def make_backend(backend_kind: BackendKind, tmp_path: Path) -> Iterator[MakeBackend]:
+    """`make_backend(**options)`: a new backend of the current kind, closed after the test."""
+    made: list[ResultBackend] = []
+
+    def make(**options: Any) -> ResultBackend:
+        backend = backend_kind.connect(tmp_path, options)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+@pytest.fixture
+def backend(make_backend: MakeBackend) -> ResultBackend:
+    return make_backend()
+
+
+@pytest.fixture
+def new_task_id() -> Callable[[], str]:
+    return lambda: str(uuid.uuid4())
+
+
+@pytest.fixture
+def task_id(new_task_id: Callable[[], str]) -> str:
+    return new_task_id()
+
+
+@pytest.fixture(name="eventually")
+def eventually_fixture() -> Callable[..., Any]:
+    """`eventually(fn, timeout=5.0)`: poll `fn` until truthy, with a deadline."""
+    return eventually

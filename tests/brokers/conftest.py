@@ -1,0 +1,154 @@
+"""Fixtures for the broker conformance suite.
+
+Every test in this directory runs once per broker kind in `BROKER_KINDS`. To add a broker
+(redis, amqp, postgres), append one `BrokerKind` whose `connect` builds a broker from the
+test's options; a kind that needs a server should `pytest.skip` with a reason when the
+server is not configured (and fail instead when `CI` is set). Servers are shared between
+tests, so every test works on fresh queue names (`queue`, `new_queue`) and never assumes
+that `stats()` or `dead_letters()` without a queue show only its own messages.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from celeriac.brokers import Broker, from_url
+
+T = TypeVar("T")
+
+# A fixed, realistic start time: fake-clock tests are deterministic.
+FAKE_EPOCH = 1_700_000_000.0
+
+
+class FakeClock:
+    """A clock that moves only when told to; pass it as a broker's `clock=`."""
+
+    def __init__(self, start: float = FAKE_EPOCH) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+@dataclass(frozen=True)
+class BrokerKind:
+    """How to build one broker implementation for a test.
+
+    `connect(tmp_path, options)` returns a new broker object; `shared` is True when two
+    objects built for the same test see the same queues (a file or a server), as two
+    processes would.
+    """
+
+    name: str
+    connect: Callable[[Path, dict[str, Any]], Broker]
+    shared: bool
+
+
+def _memory(tmp_path: Path, options: dict[str, Any]) -> Broker:
+    return from_url("memory://", **options)
+
+
+def _sqlite(tmp_path: Path, options: dict[str, Any]) -> Broker:
+    return from_url(f"sqlite:///{tmp_path}/b.db", **options)
+
+
+def service_url(variable: str) -> str:
+    """The URL of a test server from the environment: skip without it, but fail on CI,
+    where every broker must be tested. For the `connect` of server-backed kinds."""
+    url = os.environ.get(variable)
+    if url:
+        return url
+    if os.environ.get("CI"):
+        pytest.fail(f"{variable} is not set: CI must test this broker")
+    pytest.skip(f"{variable} is not set (a URL of a test server)")
+
+
+BROKER_KINDS = [
+    BrokerKind("memory", _memory, shared=False),
+    BrokerKind("sqlite", _sqlite, shared=True),
+]
+
+
+def eventually(fn: Callable[[], T], timeout: float = 5.0, interval: float = 0.005) -> T:
+    """Call `fn` until it returns something truthy and return that; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"still {value!r} after {timeout}s")
+        time.sleep(interval)
+
+
+MakeBroker = Callable[..., Broker]
+
+
+@pytest.fixture(params=BROKER_KINDS, ids=lambda kind: kind.name)
+def broker_kind(request: pytest.FixtureRequest) -> BrokerKind:
+    kind: BrokerKind = request.param
+    return kind
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The fake clock that `make_broker` and `broker` use unless told otherwise."""
+    return FakeClock()
+
+
+@pytest.fixture
+def make_clock() -> Callable[[], FakeClock]:
+    """A fresh `FakeClock` each call (for tests that need several, e.g. per example)."""
+    return FakeClock
+
+
+@pytest.fixture
+def make_broker(broker_kind: BrokerKind, tmp_path: Path, clock: FakeClock) -> Iterator[MakeBroker]:
+    """`make_broker(**options)`: a new broker of the current kind; `clock` defaults to the
+    test's fake clock (pass `clock=time.time` for real time). Closed after the test."""
+    made: list[Broker] = []
+
+    def make(**options: Any) -> Broker:
+        options.setdefault("clock", clock)
+        broker = broker_kind.connect(tmp_path, options)
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        broker.close()
+
+
+@pytest.fixture
+def broker(make_broker: MakeBroker) -> Broker:
+    """A fresh broker on the test's fake clock."""
+    return make_broker()
+
+
+@pytest.fixture
+def new_queue() -> Callable[[], str]:
+    """A queue name no other test (or other call) uses."""
+    return lambda: f"test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def queue(new_queue: Callable[[], str]) -> str:
+    return new_queue()
+
+
+@pytest.fixture(name="eventually")
+def eventually_fixture() -> Callable[..., Any]:
+    """`eventually(fn, timeout=5.0)`: poll `fn` until truthy, with a deadline."""
+    return eventually

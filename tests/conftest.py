@@ -1,0 +1,90 @@
+"""Fixtures shared by every test directory."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from celeriac import Celeriac
+from celeriac.worker.worker import Worker
+
+
+@pytest.fixture
+def app() -> Iterator[Celeriac]:
+    """An app with everything in this process's memory."""
+    application = Celeriac("tests", broker="memory://")
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def sqlite_app(tmp_path: Any) -> Iterator[Celeriac]:
+    application = Celeriac("tests", broker=f"sqlite:///{tmp_path}/celeriac.db")
+    yield application
+    application.close()
+
+
+@contextmanager
+def running_worker(app: Celeriac, **options: Any) -> Iterator[Worker]:
+    """A worker on its own event loop in a thread of this process, stopped on exit."""
+    worker = Worker(app, **options)
+    ready = threading.Event()
+    loops: list[asyncio.AbstractEventLoop] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        async def main() -> None:
+            loops.append(asyncio.get_running_loop())
+            await worker.main(ready=ready.set)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            errors.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, name="test-worker", daemon=True)
+    thread.start()
+    assert ready.wait(10), "worker did not start"
+    if errors:
+        raise errors[0]
+    try:
+        yield worker
+    finally:
+        loops[0].call_soon_threadsafe(worker.request_stop)
+        thread.join(15)
+        assert not thread.is_alive(), "worker did not stop"
+        if errors:
+            raise errors[0]
+
+
+@pytest.fixture
+def worker_for() -> Callable[..., Any]:
+    return running_worker
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., Any]:
+    return _wait_until
+
+
+def _wait_until(
+    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
+) -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)

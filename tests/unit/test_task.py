@@ -1,0 +1,172 @@
+"""Declaring and sending tasks: options, binding, serialization, routing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from celeriac import Celeriac, ConfigurationError, EncodeError, shared_task
+from celeriac.envelope import decode
+
+
+def fetch_one(app: Celeriac, queue: str = "celeriac") -> Any:
+    (delivery,) = app.broker.fetch([queue], 10, 30)
+    return decode(delivery.body)
+
+
+def test_unknown_option_is_an_error_at_decoration_time(app: Celeriac) -> None:
+    with pytest.raises(ConfigurationError, match="unknown task option 'retires'"):
+
+        @app.task(retires=3)
+        def f() -> None: ...
+
+
+def test_celery_option_not_supported_yet_says_so() -> None:
+    with pytest.raises(ConfigurationError, match="'rate_limit' is not supported by Celeriac yet"):
+
+        @shared_task(rate_limit="10/m")
+        def f() -> None: ...
+
+
+def test_priority_option_is_checked(app: Celeriac) -> None:
+    with pytest.raises(ConfigurationError, match="between 0 and 9"):
+
+        @app.task(priority=12)
+        def f() -> None: ...
+
+
+def test_shared_task_binds_to_the_app_in_use_when_called() -> None:
+    @shared_task
+    def mul(a: int, b: int) -> int:
+        return a * b
+
+    first = Celeriac("first", broker="memory://")
+    second = Celeriac("second", broker="memory://")  # created last: the current app
+    result = mul.delay(2, 3)
+    assert result.app is second
+    assert fetch_one(second).args == [2, 3]
+    assert first.broker.stats() == {}
+    assert second.tasks[mul.name] is mul
+
+
+def test_app_task_registers_on_its_app(app: Celeriac) -> None:
+    @app.task(name="custom.name")
+    def f() -> int:
+        return 1
+
+    assert app.get_task("custom.name") is f
+    assert f() == 1  # a plain call runs the function here
+
+
+def test_delay_sends_an_envelope(app: Celeriac) -> None:
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    result = add.delay(1, b=2)
+    envelope = fetch_one(app)
+    assert envelope.id == result.id
+    assert envelope.task == add.name
+    assert (envelope.args, envelope.kwargs) == ([1], {"b": 2})
+    assert envelope.queue == "celeriac"
+
+
+def test_user_kwarg_named_queue_is_not_an_option(app: Celeriac) -> None:
+    @app.task
+    def notify(queue: str) -> str:
+        return queue
+
+    notify.delay(queue="emails")
+    envelope = fetch_one(app)  # still on the default queue
+    assert envelope.kwargs == {"queue": "emails"}
+
+
+def test_unserializable_argument_fails_in_the_caller(app: Celeriac) -> None:
+    @app.task
+    def f(x: Any) -> None: ...
+
+    with pytest.raises(EncodeError, match=r"cannot send task .* pass an id instead"):
+        f.delay(object())
+    assert app.broker.stats() == {}  # nothing was published
+
+
+def test_datetimes_uuids_and_decimals_travel_as_strings(app: Celeriac) -> None:
+    @app.task
+    def f(*args: Any) -> None: ...
+
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    ident = uuid.uuid4()
+    f.delay(when, ident, Decimal("1.10"))
+    assert fetch_one(app).args == [when.isoformat().replace("+00:00", "Z"), str(ident), "1.10"]
+
+
+def test_apply_async_options(app: Celeriac) -> None:
+    @app.task
+    def f() -> None: ...
+
+    result = f.apply_async(queue="mail", priority=7, task_id="my-id", headers={"h": 1}, expires=60)
+    envelope = fetch_one(app, "mail")
+    assert result.id == envelope.id == "my-id"
+    assert envelope.priority == 7
+    assert envelope.headers == {"h": 1}
+    assert envelope.expires == pytest.approx(time.time() + 60, abs=5)
+
+
+def test_countdown_and_eta_delay_the_message(app: Celeriac) -> None:
+    @app.task
+    def f() -> None: ...
+
+    f.apply_async(countdown=60)
+    f.apply_async(eta=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+    assert app.broker.stats()["celeriac"].delayed == 2
+    assert app.broker.fetch(["celeriac"], 10, 30) == []
+    with pytest.raises(ConfigurationError, match="countdown or eta"):
+        f.apply_async(countdown=1, eta=dt.datetime.now(dt.UTC))
+
+
+def test_bad_priority_at_send(app: Celeriac) -> None:
+    with pytest.raises(ConfigurationError, match="priority"):
+        app.send_task("x", priority=10)
+
+
+def test_send_task_by_name_needs_no_import(app: Celeriac) -> None:
+    result = app.send_task("somewhere.else", args=[1], kwargs={"k": "v"})
+    envelope = fetch_one(app)
+    assert (envelope.id, envelope.task, envelope.args, envelope.kwargs) == (
+        result.id,
+        "somewhere.else",
+        [1],
+        {"k": "v"},
+    )
+
+
+def test_task_routes_pick_the_queue(app: Celeriac) -> None:
+    app.conf.update({"task_routes": {"shop.mail.*": {"queue": "mail"}, "shop.export": "exports"}})
+    app.send_task("shop.mail.welcome")
+    app.send_task("shop.export")
+    app.send_task("shop.other")
+    assert set(app.broker.stats()) == {"mail", "exports", "celeriac"}
+
+
+def test_task_option_queue_beats_routes(app: Celeriac) -> None:
+    app.conf.update({"task_routes": {"*": "routed"}})
+
+    @app.task(queue="own")
+    def f() -> None: ...
+
+    f.delay()
+    f.apply_async(queue="explicit")
+    assert set(app.broker.stats()) == {"own", "explicit"}
+
+
+def test_request_outside_a_worker_is_an_error(app: Celeriac) -> None:
+    @app.task(bind=True)
+    def f(self: Any) -> None: ...
+
+    with pytest.raises(RuntimeError, match="only available while the task runs"):
+        _ = f.request
