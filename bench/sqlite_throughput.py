@@ -62,10 +62,13 @@ def main() -> None:
         env = {**os.environ, "CELERIAC_BROKER_URL": url}
         os.environ["CELERIAC_BROKER_URL"] = url
         from benchproj.celeriac import anoop, app, noop
+
         from celeriac.envelope import Envelope
 
-        print(f"SQLite broker, {n} tasks, Python {platform.python_version()}, "
-              f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+        print(
+            f"SQLite broker, {n} tasks, Python {platform.python_version()}, "
+            f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}"
+        )
         rows = []
         for task in (noop, anoop):
             started = time.perf_counter()

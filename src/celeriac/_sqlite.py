@@ -78,12 +78,19 @@ class Database:
             raise BrokerError(f"SQLite database {self.path} is unavailable: {exc}") from exc
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            if conn.in_transaction:  # SQLite rolls back by itself after some errors
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise BrokerError(f"SQLite write to {self.path} failed: {exc}") from exc
             raise
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            # A failed COMMIT can leave the transaction open: it would keep the write lock
+            # (stalling every other process) and refuse this thread's next BEGIN.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise BrokerError(f"cannot commit to {self.path}: {exc}") from exc
 
     def read(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[Any]:

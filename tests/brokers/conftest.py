@@ -3,7 +3,7 @@
 Every test in this directory runs once per broker kind in `BROKER_KINDS`. To add a broker
 (redis, amqp, postgres), append one `BrokerKind` whose `connect` builds a broker from the
 test's options; a kind that needs a server should `pytest.skip` with a reason when the
-server is not configured (and fail instead when `CI` is set). Servers are shared between
+server is not configured (and fail instead under `CELERIAC_REQUIRE_SERVICES=1`, as in CI). Servers are shared between
 tests, so every test works on fresh queue names (`queue`, `new_queue`) and never assumes
 that `stats()` or `dead_letters()` without a queue show only its own messages.
 """
@@ -70,7 +70,7 @@ def service_url(variable: str) -> str:
     url = os.environ.get(variable)
     if url:
         return url
-    if os.environ.get("CI"):
+    if os.environ.get("CELERIAC_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{variable} is not set: CI must test this broker")
     pytest.skip(f"{variable} is not set (a URL of a test server)")
 
@@ -106,12 +106,6 @@ def broker_kind(request: pytest.FixtureRequest) -> BrokerKind:
 def clock() -> FakeClock:
     """The fake clock that `make_broker` and `broker` use unless told otherwise."""
     return FakeClock()
-
-
-@pytest.fixture
-def make_clock() -> Callable[[], FakeClock]:
-    """A fresh `FakeClock` each call (for tests that need several, e.g. per example)."""
-    return FakeClock
 
 
 @pytest.fixture

@@ -36,11 +36,17 @@ def test_ruff_is_clean() -> None:
     ruff = shutil.which("ruff") or str(pathlib.Path(sys.executable).with_name("ruff"))
     out = subprocess.run(
         [ruff, "check", "src", "tests", "bench", "examples"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     out = subprocess.run(
         [ruff, "format", "--check", "src", "tests", "bench", "examples"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr

@@ -246,6 +246,11 @@ class Worker:
             self.running += 1
             try:
                 await self._process(delivery)
+            except Exception:
+                # A broker or backend failure mid-way: stop renewing the lease, so that the
+                # message runs again elsewhere once it ends. The worker itself goes on.
+                log.exception("could not finish message %s; it will be redelivered", delivery.id)
+                self._drop_held(delivery)
             finally:
                 self.running -= 1
 
@@ -318,10 +323,11 @@ class Worker:
                 outcome = Outcome("failure", error_type="EncodeError", error_message=str(exc))
         now = time.time()
         if outcome.kind == "success":
-            shown = repr(outcome.value)
-            if len(shown) > MAX_LOGGED_RESULT:
-                shown = shown[:MAX_LOGGED_RESULT] + "..."
-            log.info("Task %s[%s] succeeded in %.4fs: %s", name, tid, runtime, shown)
+            if log.isEnabledFor(logging.INFO):
+                shown = repr(outcome.value)
+                if len(shown) > MAX_LOGGED_RESULT:
+                    shown = shown[:MAX_LOGGED_RESULT] + "..."
+                log.info("Task %s[%s] succeeded in %.4fs: %s", name, tid, runtime, shown)
             meta = TaskMeta(tid, states.SUCCESS, name, outcome.value, date_done=now)
         elif outcome.kind == "failure":
             log.error(
@@ -369,7 +375,7 @@ class Worker:
             self.app.broker.nack(delivery, outcome.countdown, body)
 
         await self._call(retry)
-        self._release_slot(delivery)
+        self._drop_held(delivery)
 
     async def _crashed(self, delivery: Delivery, envelope: Envelope, outcome: Outcome) -> None:
         """The pool process running the task died. Count it in the message; past the lease
@@ -389,12 +395,12 @@ class Worker:
         again = msgspec.structs.replace(envelope, headers={**envelope.headers, "crashes": crashes})
         body = encode(again)
         await self._call(self.app.broker.nack, delivery, 0.0, body)
-        self._release_slot(delivery)
+        self._drop_held(delivery)
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         log.error("message %s dead-lettered: %s", delivery.id, reason)
         await self._call(self.app.broker.dead_letter, delivery, reason)
-        self._release_slot(delivery)
+        self._drop_held(delivery)
 
     # Storing outcomes and acking -------------------------------------------------------------
 
@@ -402,7 +408,7 @@ class Worker:
         self._finished.append(_Finished(delivery, meta))
         self._have_finished.set()
 
-    def _release_slot(self, delivery: Delivery) -> None:
+    def _drop_held(self, delivery: Delivery) -> None:
         self.held.pop((delivery.id, delivery.attempt), None)
         self.processed += 1
         self._room.set()
@@ -440,4 +446,4 @@ class Worker:
                 log.warning(
                     "ack of %s refused: its lease was lost and it was fetched again", delivery.id
                 )
-            self._release_slot(delivery)
+            self._drop_held(delivery)
