@@ -3,9 +3,10 @@
 Every test in this directory runs once per broker kind in `BROKER_KINDS`. To add a broker
 (redis, amqp, postgres), append one `BrokerKind` whose `connect` builds a broker from the
 test's options; a kind that needs a server should `pytest.skip` with a reason when the
-server is not configured (and fail instead under `CELERIAC_REQUIRE_SERVICES=1`, as in CI). Servers are shared between
-tests, so every test works on fresh queue names (`queue`, `new_queue`) and never assumes
-that `stats()` or `dead_letters()` without a queue show only its own messages.
+server is not configured (and fail instead under `CELERIAC_REQUIRE_SERVICES=1`, as in CI).
+Servers are shared between tests, so every test works on fresh queue names (`queue`,
+`new_queue`) and never assumes that `stats()` or `dead_letters()` without a queue show
+only its own messages.
 """
 
 from __future__ import annotations
