@@ -62,6 +62,8 @@ def process_gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
+    except PermissionError:  # the pid was reused by another user's process
+        return True
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -97,10 +99,6 @@ def lines(name):
         return (WORKDIR / name).read_text().splitlines()
     except FileNotFoundError:
         return []
-
-
-# Keep the imports used even when a test's tasks need only some of them.
-__all__ = ["append", "asyncio", "lines", "os", "shared_task", "time"]
 
 '''
 
