@@ -173,13 +173,6 @@ def test_module_that_fails_to_import(run: Run) -> None:
     assert "broken on purpose" in line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: loader._import treats a ModuleNotFoundError as 'the module itself is "
-    "missing' when name.startswith(exc.name), a string prefix test: -A shop_app whose code "
-    "does `import shop` (not installed) reports \"no module named 'shop_app'\" instead of "
-    "the failed import of 'shop'",
-)
 def test_missing_dependency_of_the_app_module_is_named(run: Run, project: Project) -> None:
     (project.root / "shop_app.py").write_text("import shop\n")
     line = assert_one_line_error(run("-A", "shop_app", "inspect", "queues"))
@@ -227,22 +220,11 @@ def test_call_with_bad_json(
     assert run("-A", project.package, "inspect", "queues").stdout == "no queues have messages\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: `worker -c -1` (or any negative --concurrency) is not validated: "
-    "asyncio.Semaphore(-1) raises ValueError inside Worker.main, printing a traceback and "
-    "exiting 1 (and `-c 0` / `--lease 0` silently fall back to the defaults)",
-)
 def test_worker_with_negative_concurrency(run: Run, project: Project) -> None:
     assert_one_line_error(run("-A", project.package, "worker", "-c", "-1"), "--concurrency")
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: `worker --processes N` with a bad -A never exits: the supervisor does "
-    "not load the app itself, its children exit 2 and are restarted forever",
-)
 def test_supervisor_with_a_missing_app_module_exits_2(project: Project) -> None:
     command = [*CELERIAC, "-A", f"nosuch_{uuid.uuid4().hex[:8]}", "worker", "--processes", "2"]
     proc = subprocess.Popen(

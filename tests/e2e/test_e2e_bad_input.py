@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from celeriac import TaskFailed
 from celeriac.brokers import Outgoing
 
 pytestmark = pytest.mark.slow
@@ -93,5 +94,7 @@ def test_bad_arguments_are_dead_lettered_with_the_task_name(make_project, start_
     assert app.send_task(add, args=[2, 3]).get(timeout=20) == 5
     assert app.send_task(tagged, args=[7], kwargs={"tag": "t"}).get(timeout=20) == "t:7"
     assert worker.alive()
-    # Nothing ran, so no result was stored for the dead-lettered tasks.
-    assert too_many.state == "PENDING"
+    # Nothing ran; a caller waiting on a dead-lettered task gets the reason, not a hang.
+    assert too_many.state == "FAILURE"
+    with pytest.raises(TaskFailed, match="dead-lettered: arguments do not match"):
+        too_many.get(timeout=5)

@@ -82,13 +82,6 @@ def test_second_sigterm_hands_the_running_message_back_at_once(
     assert broker.dead_letters() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: Worker.run() tests self.running after asyncio.run() returned, but by "
-    "then the cancelled _handle tasks have run their finally (running -= 1), so the "
-    "os._exit() shortcut is skipped and interpreter exit joins the task's thread: the "
-    "process lives on until the task's 30 s sleep ends",
-)
 def test_second_sigterm_makes_a_thread_pool_worker_exit_promptly(make_project, start_worker):
     project = make_project(TASKS)
     worker, _ = _second_sigterm_during_a_long_task(project, start_worker)

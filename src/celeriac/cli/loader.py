@@ -15,8 +15,9 @@ def _import(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name is not None and name.startswith(exc.name):
-            return None  # the module itself is missing, not something it imports
+        missing = exc.name or ""
+        if name == missing or name.startswith(missing + "."):
+            return None  # the module itself (or its package) is missing, not an import in it
         raise
 
 

@@ -165,26 +165,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.loglevel.upper(), format=LOG_FORMAT)
     if not args.app:
         raise ConfigurationError("worker needs -A: the module that holds your app and tasks")
-    if args.processes < 1:
-        raise ConfigurationError("--processes must be at least 1")
-    if args.processes > 1:
-        from ..worker.supervisor import Supervisor
-
-        command = [sys.executable, "-m", "celeriac", "-A", args.app]
-        if args.broker:
-            command += ["--broker", args.broker]
-        command += ["worker", "--loglevel", args.loglevel]
-        for flag, value in (
-            ("--concurrency", args.concurrency),
-            ("--queues", args.queues),
-            ("--pool", args.pool),
-            ("--lease", args.lease),
-            ("--shutdown-timeout", args.shutdown_timeout),
-        ):
-            if value is not None:
-                command += [flag, str(value)]
-        return Supervisor(command, args.processes).run()
-
+    for flag, value, least in (
+        ("--processes", args.processes, 1),
+        ("--concurrency", args.concurrency, 1),
+        ("--shutdown-timeout", args.shutdown_timeout, 0),
+    ):
+        if value is not None and value < least:
+            raise ConfigurationError(f"{flag} must be at least {least}, not {value}")
+    if args.lease is not None and args.lease <= 0:
+        raise ConfigurationError(f"--lease must be a positive number of seconds, not {args.lease}")
+    # Load the app and check the options here, so that a mistake is one clear error
+    # rather than N children failing.
     from ..worker.worker import Worker
 
     app = _app(args)
@@ -198,7 +189,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
         lease=args.lease,
         shutdown_timeout=args.shutdown_timeout,
     )
-    return worker.run()
+    if args.processes == 1:
+        return worker.run()
+
+    from ..worker.supervisor import Supervisor
+
+    command = [sys.executable, "-m", "celeriac", "-A", args.app]
+    if args.broker:
+        command += ["--broker", args.broker]
+    command += ["worker", "--loglevel", args.loglevel]
+    for flag, value in (
+        ("--concurrency", args.concurrency),
+        ("--queues", args.queues),
+        ("--pool", args.pool),
+        ("--lease", args.lease),
+        ("--shutdown-timeout", args.shutdown_timeout),
+    ):
+        if value is not None:
+            command += [flag, str(value)]
+    return Supervisor(command, args.processes).run()
 
 
 def _json(text: str, what: str, kind: type) -> Any:

@@ -8,6 +8,7 @@ import concurrent.futures
 import contextvars
 import logging
 import multiprocessing
+import threading
 import traceback
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -73,11 +74,27 @@ class ThreadExecutor:
 
     def __init__(self, size: int) -> None:
         self.pool = concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix="celeriac-task")
+        self._lock = threading.Lock()
+        self._busy = 0  # threads inside a task function right now
+
+    def _run_counted(self, task: Task[Any, Any], request: Request) -> Outcome:
+        with self._lock:
+            self._busy += 1
+        try:
+            return run_sync(task, request)
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    @property
+    def busy(self) -> int:
+        """Threads still running a task: after shutdown, the ones nothing can stop."""
+        return self._busy
 
     async def run(self, task: Task[Any, Any], request: Request) -> Outcome:
         ctx = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(
-            self.pool, ctx.run, run_sync, task, request
+            self.pool, ctx.run, self._run_counted, task, request
         )
 
     def shutdown(self) -> None:
@@ -94,8 +111,10 @@ def _child_init(app_spec: str) -> None:
 
     from ..cli.loader import load_app
 
-    # The parent handles SIGINT/SIGTERM and shuts the pool down; children ignore them.
+    # The worker handles SIGINT/SIGTERM (also when they are sent to its whole process
+    # group) and lets running tasks finish; it stops its children itself, with SIGKILL.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _child_app = load_app(app_spec)
 
 
@@ -132,9 +151,11 @@ class ProcessExecutor:
                 self.pool = self._new_pool()
             return Outcome("crashed", error_type="WorkerLostError", error_message=str(exc))
 
+    busy = 0  # a child still running at shutdown is killed, not waited for
+
     def shutdown(self) -> None:
         processes: Sequence[Any] = list((self.pool._processes or {}).values())
         self.pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             if process.is_alive():
-                process.terminate()
+                process.kill()  # its message, if any, was handed back already

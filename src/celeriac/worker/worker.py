@@ -38,6 +38,7 @@ from ..envelope import Envelope, decode, dumps, encode
 from ..exceptions import CeleriacError, ConfigurationError, DecodeError, EncodeError, NotRegistered
 from ..task import Request, Task, current_request
 from .executors import Outcome, ProcessExecutor, ThreadExecutor, run_async
+from .supervisor import SUPERVISED_ENV
 
 log = logging.getLogger("celeriac.worker")
 T = TypeVar("T")
@@ -49,6 +50,11 @@ MAX_LOGGED_RESULT = 200
 class _Finished:
     delivery: Delivery
     meta: TaskMeta | None  # None: nothing to store (ignore_result)
+
+
+def _first(*values: Any) -> Any:
+    """The first value that was given (not None): an argument, a setting, a default."""
+    return next(v for v in values if v is not None)
 
 
 class Worker:
@@ -73,14 +79,21 @@ class Worker:
         if self.pool == "processes" and not app_spec:
             raise ConfigurationError("the processes pool needs the app's -A spec to load it")
         default = (os.cpu_count() or 1) if self.pool == "processes" else 8
-        self.concurrency = concurrency or conf.worker_concurrency or default
+        self.concurrency = _first(concurrency, conf.worker_concurrency, default)
         self.app_spec = app_spec
-        self.lease = lease or conf.broker_lease_seconds
-        multiplier = prefetch_multiplier or conf.worker_prefetch_multiplier
-        self.capacity = self.concurrency * max(1, multiplier)
-        self.shutdown_timeout = (
-            conf.worker_shutdown_timeout if shutdown_timeout is None else shutdown_timeout
-        )
+        self.lease = _first(lease, conf.broker_lease_seconds)
+        multiplier = _first(prefetch_multiplier, conf.worker_prefetch_multiplier)
+        self.shutdown_timeout = _first(shutdown_timeout, conf.worker_shutdown_timeout)
+        for what, value, least in (
+            ("concurrency", self.concurrency, 1),
+            ("prefetch multiplier", multiplier, 1),
+            ("shutdown timeout", self.shutdown_timeout, 0),
+        ):
+            if value < least:
+                raise ConfigurationError(f"{what} must be at least {least}, not {value}")
+        if self.lease <= 0:
+            raise ConfigurationError(f"the lease must be a positive number of seconds, not {lease}")
+        self.capacity = self.concurrency * multiplier
         self.poll_interval = conf.broker_poll_interval
         self.held: dict[tuple[str, int], Delivery] = {}  # fetched and not yet acked
         self.running = 0
@@ -92,7 +105,7 @@ class Worker:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the process exit code."""
         code = asyncio.run(self.main())
-        if self.running and self.pool == "threads":
+        if self.executor.busy:
             # Threads cannot be stopped, and Python would wait for them at exit; their
             # messages are already handed back, so leave now.
             logging.shutdown()
@@ -108,16 +121,22 @@ class Worker:
         self._room = asyncio.Event()
         self._finished: list[_Finished] = []
         self._have_finished = asyncio.Event()
+        self._flushing = asyncio.Lock()  # one store-and-ack batch at a time
         self._tasks: set[asyncio.Task[None]] = set()
         self.executor: ThreadExecutor | ProcessExecutor = (
             ProcessExecutor(self.concurrency, self.app_spec or "")
             if self.pool == "processes"
             else ThreadExecutor(self.concurrency)
         )
+        supervised = os.environ.get(SUPERVISED_ENV) == "1"
         for sig in (signal.SIGTERM, signal.SIGINT):
             # Not possible outside the main thread (tests run workers in one): no signals there.
             with contextlib.suppress(RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.request_stop)
+                if sig == signal.SIGINT and supervised:
+                    # The supervisor turns a Ctrl-C into one SIGTERM for us.
+                    loop.add_signal_handler(sig, lambda: None)
+                else:
+                    loop.add_signal_handler(sig, self.request_stop)
         try:
             # Connect (and create tables) before saying we are ready.
             await self._call(lambda: (self.app.broker, self.app.backend))
@@ -257,10 +276,14 @@ class Worker:
     async def _process(self, delivery: Delivery) -> None:
         try:
             envelope = decode(delivery.body)
+        except DecodeError as exc:
+            await self._dead_letter(delivery, f"DecodeError: {exc}")
+            return
+        try:
             task = self.tasks.get(envelope.task) or self.app.get_task(envelope.task)
             self._check_arguments(task, envelope)
-        except (DecodeError, NotRegistered, TypeError) as exc:
-            await self._dead_letter(delivery, f"{type(exc).__name__}: {exc}")
+        except (NotRegistered, TypeError) as exc:
+            await self._dead_letter(delivery, f"{type(exc).__name__}: {exc}", envelope)
             return
         if envelope.expires is not None and envelope.expires < time.time():
             log.info("Task %s[%s] expired", envelope.task, envelope.id)
@@ -291,10 +314,12 @@ class Worker:
     def _check_arguments(self, task: Task[Any, Any], envelope: Envelope) -> None:
         signature = self._signatures.get(task.name)
         if signature is None:
-            signature = self._signatures[task.name] = inspect.signature(task.fn)
-        args = [None, *envelope.args] if task.options.bind else envelope.args
+            signature = inspect.signature(task.fn)
+            if task.options.bind:  # the caller does not pass `self`
+                signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+            self._signatures[task.name] = signature
         try:
-            signature.bind(*args, **envelope.kwargs)
+            signature.bind(*envelope.args, **envelope.kwargs)
         except TypeError as exc:
             raise TypeError(f"arguments do not match {task.name}{signature}: {exc}") from None
 
@@ -390,16 +415,35 @@ class Worker:
             limit,
         )
         if crashes >= limit:
-            await self._dead_letter(delivery, f"crashed its worker process {crashes} times")
+            reason = f"WorkerLostError: crashed its worker process {crashes} times"
+            await self._dead_letter(delivery, reason, envelope)
             return
         again = msgspec.structs.replace(envelope, headers={**envelope.headers, "crashes": crashes})
         body = encode(again)
         await self._call(self.app.broker.nack, delivery, 0.0, body)
         self._drop_held(delivery)
 
-    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+    async def _dead_letter(
+        self, delivery: Delivery, reason: str, envelope: Envelope | None = None
+    ) -> None:
+        """Quarantine a message. If it could be decoded, its result says why, so that a
+        caller waiting on it gets an error instead of waiting forever."""
         log.error("message %s dead-lettered: %s", delivery.id, reason)
-        await self._call(self.app.broker.dead_letter, delivery, reason)
+        backend = self.app.backend
+        meta = None
+        if envelope is not None and backend is not None:
+            error_type, _, message = reason.partition(": ")
+            error = {"type": error_type, "message": f"dead-lettered: {message}"}
+            meta = TaskMeta(
+                envelope.id, states.FAILURE, envelope.task, error, date_done=time.time()
+            )
+
+        def quarantine() -> None:
+            if meta is not None and backend is not None:
+                backend.store([meta])
+            self.app.broker.dead_letter(delivery, reason)
+
+        await self._call(quarantine)
         self._drop_held(delivery)
 
     # Storing outcomes and acking -------------------------------------------------------------
@@ -422,6 +466,10 @@ class Worker:
             await self._flush()
 
     async def _flush(self) -> None:
+        async with self._flushing:
+            await self._flush_batch()
+
+    async def _flush_batch(self) -> None:
         batch, self._finished = self._finished, []
         if not batch:
             return
