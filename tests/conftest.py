@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 
 from celeriac import Celeriac
 from celeriac.worker.worker import Worker
+from polling import wait_until
 
 
 @pytest.fixture
@@ -69,22 +69,7 @@ def worker_for() -> Callable[..., Any]:
     return running_worker
 
 
-@pytest.fixture
-def wait_until() -> Callable[..., Any]:
-    return _wait_until
-
-
-def _wait_until(
-    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
-) -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+@pytest.fixture(name="wait_until")
+def wait_until_fixture() -> Callable[..., Any]:
+    """`wait_until(predicate, timeout=10, what=...)`: poll with a deadline."""
+    return wait_until

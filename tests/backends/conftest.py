@@ -7,7 +7,6 @@ uses fresh task ids (`task_id`, `new_task_id`).
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,18 +42,6 @@ BACKEND_KINDS = [
     BackendKind("memory", _memory, shared=False),
     BackendKind("sqlite", _sqlite, shared=True),
 ]
-
-
-def eventually(fn: Callable[[], T], timeout: float = 5.0, interval: float = 0.005) -> T:
-    """Call `fn` until it returns something truthy and return that; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"still {value!r} after {timeout}s")
-        time.sleep(interval)
 
 
 MakeBackend = Callable[..., ResultBackend]
@@ -94,9 +81,3 @@ def new_task_id() -> Callable[[], str]:
 @pytest.fixture
 def task_id(new_task_id: Callable[[], str]) -> str:
     return new_task_id()
-
-
-@pytest.fixture(name="eventually")
-def eventually_fixture() -> Callable[..., Any]:
-    """`eventually(fn, timeout=5.0)`: poll `fn` until truthy, with a deadline."""
-    return eventually

@@ -241,7 +241,7 @@ EXPIRES = 0.05
 def test_ready_results_expire(
     make_backend: Callable[..., ResultBackend],
     new_task_id: Callable[[], str],
-    eventually: Callable[..., Any],
+    wait_until: Callable[..., Any],
 ) -> None:
     backend = make_backend(expires=EXPIRES)
     done = [new_task_id() for _ in range(3)]
@@ -251,7 +251,7 @@ def test_ready_results_expire(
     if time.time() - stored_at < EXPIRES:  # only if this machine was quick enough to look
         assert got == success(done[0], 1)
 
-    eventually(lambda: all(backend.get(t) is None for t in done))
+    wait_until(lambda: all(backend.get(t) is None for t in done))
     with pytest.raises(TimeoutError):
         backend.wait(done[0], timeout=0.01)
     assert backend.cleanup() == 3
@@ -261,27 +261,27 @@ def test_ready_results_expire(
 def test_states_that_are_not_ready_do_not_expire(
     make_backend: Callable[..., ResultBackend],
     new_task_id: Callable[[], str],
-    eventually: Callable[..., Any],
+    wait_until: Callable[..., Any],
 ) -> None:
     backend = make_backend(expires=EXPIRES)
     running, retrying, done = new_task_id(), new_task_id(), new_task_id()
     progress = TaskMeta(running, states.STARTED, task="t", info={"progress": 50})
     retry = TaskMeta(retrying, states.RETRY, task="t", result={"type": "E", "message": "m"})
     backend.store([progress, retry, success(done)])
-    eventually(lambda: backend.get(done) is None)  # time enough has passed to expire
+    wait_until(lambda: backend.get(done) is None)  # time enough has passed to expire
     assert backend.cleanup() == 1
     assert backend.get(running) == progress
     assert backend.get(retrying) == retry
 
 
 def test_storing_again_restarts_the_expiry(
-    make_backend: Callable[..., ResultBackend], task_id: str, eventually: Callable[..., Any]
+    make_backend: Callable[..., ResultBackend], task_id: str, wait_until: Callable[..., Any]
 ) -> None:
     """A state that becomes ready starts its expiry when stored; one that stops being
     ready (a task run again) no longer expires."""
     backend = make_backend(expires=EXPIRES)
     backend.store([success(task_id, 1)])
-    eventually(lambda: backend.get(task_id) is None)
+    wait_until(lambda: backend.get(task_id) is None)
     backend.store([TaskMeta(task_id, states.STARTED)])
     assert backend.get(task_id) == TaskMeta(task_id, states.STARTED)
     assert backend.cleanup() == 0

@@ -12,7 +12,6 @@ only its own messages.
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -82,18 +81,6 @@ BROKER_KINDS = [
 ]
 
 
-def eventually(fn: Callable[[], T], timeout: float = 5.0, interval: float = 0.005) -> T:
-    """Call `fn` until it returns something truthy and return that; fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"still {value!r} after {timeout}s")
-        time.sleep(interval)
-
-
 MakeBroker = Callable[..., Broker]
 
 
@@ -141,9 +128,3 @@ def new_queue() -> Callable[[], str]:
 @pytest.fixture
 def queue(new_queue: Callable[[], str]) -> str:
     return new_queue()
-
-
-@pytest.fixture(name="eventually")
-def eventually_fixture() -> Callable[..., Any]:
-    """`eventually(fn, timeout=5.0)`: poll `fn` until truthy, with a deadline."""
-    return eventually

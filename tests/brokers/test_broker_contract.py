@@ -164,11 +164,11 @@ def test_eta_now_or_past_is_due_at_once(broker: Broker, queue: str, clock: Any) 
 
 
 def test_delayed_message_on_the_real_clock(
-    make_broker: Callable[..., Broker], queue: str, eventually: Callable[..., Any]
+    make_broker: Callable[..., Broker], queue: str, wait_until: Callable[..., Any]
 ) -> None:
     broker = make_broker(clock=time.time)
     broker.publish([out(queue, "a", eta=time.time() + 0.1)])
-    got = eventually(lambda: broker.fetch([queue], 1, 5.0))
+    got = wait_until(lambda: broker.fetch([queue], 1, 5.0))
     assert ids(got) == ["a"]
 
 
@@ -274,12 +274,12 @@ def test_expired_lease_keeps_its_place_in_line(broker: Broker, queue: str, clock
 
 
 def test_lease_runs_out_on_the_real_clock(
-    make_broker: Callable[..., Broker], queue: str, eventually: Callable[..., Any]
+    make_broker: Callable[..., Broker], queue: str, wait_until: Callable[..., Any]
 ) -> None:
     broker = make_broker(clock=time.time)
     broker.publish([out(queue, "a")])
     [first] = broker.fetch([queue], 1, 0.05)
-    [second] = eventually(lambda: broker.fetch([queue], 1, 5.0))
+    [second] = wait_until(lambda: broker.fetch([queue], 1, 5.0))
     assert (second.id, second.attempt, second.lease_expiries) == ("a", 2, 1)
     assert broker.ack([first, second]) == [False, True]
 

@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,25 +33,13 @@ from typing import Any, TypeVar
 import pytest
 
 from celeriac import Celeriac
+from polling import wait_until
 
 T = TypeVar("T")
 
 READY_LINE = "celeriac worker ready"
 READY_TIMEOUT = 30.0  # a cold interpreter on a busy two-core CI machine
 EXIT_TIMEOUT = 20.0
-
-
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
-    """Poll `predicate` until it returns something truthy and return that; past `timeout`
-    seconds raise AssertionError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
 
 
 def process_gone(pid: int) -> bool:
@@ -283,12 +270,6 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     for worker in started:
         # Shown by pytest only when the test failed.
         print(f"----- {worker!r} (exit {worker.proc.returncode})\n{worker.log()}")
-
-
-@pytest.fixture(name="wait_until")
-def wait_until_fixture() -> Callable[..., Any]:
-    """`wait_until(predicate, timeout, what)`: poll until truthy, else AssertionError."""
-    return wait_until
 
 
 @pytest.fixture(name="process_gone")
