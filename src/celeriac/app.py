@@ -8,7 +8,7 @@ import importlib.util
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Literal, overload
 
 from .backends import ResultBackend
@@ -221,13 +221,49 @@ class Celeriac:
     ) -> AsyncResult[Any]:
         """Send a task by name (it need not be importable here). `eta`/`expires` are unix
         times; `Task.apply_async` takes countdowns and datetimes."""
-        conf = self.conf
-        priority = conf.task_default_priority if priority is None else priority
+        envelope = self.envelope(
+            name,
+            args,
+            kwargs,
+            eta=eta,
+            expires=expires,
+            queue=queue,
+            priority=priority,
+            task_id=task_id,
+            headers=headers,
+        )
+        self.publish([envelope])
+        return AsyncResult(envelope.id, self, name)
+
+    def send_many(
+        self, calls: Iterable[tuple[str, Sequence[Any], dict[str, Any]]]
+    ) -> list[AsyncResult[Any]]:
+        """Send many tasks in one broker call (one round trip, one transaction): each call
+        is `(name, args, kwargs)`. Nothing is sent if any of them cannot be encoded."""
+        envelopes = [self.envelope(name, args, kwargs) for name, args, kwargs in calls]
+        self.publish(envelopes)
+        return [AsyncResult(e.id, self, e.task) for e in envelopes]
+
+    def envelope(
+        self,
+        name: str,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *,
+        eta: float | None = None,
+        expires: float | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        task_id: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> Envelope:
+        """Build (and check) the message for one task call."""
+        priority = self.conf.task_default_priority if priority is None else priority
         if not isinstance(priority, int) or not 0 <= priority <= 9:
             raise ConfigurationError(f"priority must be an integer from 0 to 9, not {priority!r}")
         if args is not None and not isinstance(args, list | tuple):
             raise ConfigurationError(f"args must be a list or tuple, not {type(args).__name__}")
-        envelope = Envelope(
+        return Envelope(
             id=task_id or str(uuid.uuid4()),
             task=name,
             args=list(args or ()),
@@ -239,8 +275,6 @@ class Celeriac:
             headers=headers or {},
             sent_at=time.time(),
         )
-        self.publish([envelope])
-        return AsyncResult(envelope.id, self, name)
 
     def publish(self, envelopes: Sequence[Envelope]) -> None:
         """Encode and publish envelopes in one broker call."""

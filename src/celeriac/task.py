@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import inspect
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
@@ -149,6 +149,20 @@ class Task(Generic[P, R]):
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send the task with these arguments; returns at once with its `AsyncResult`."""
         return self.apply_async(args, kwargs)
+
+    def delay_many(self, calls: Iterable[Sequence[Any]]) -> list[AsyncResult[R]]:
+        """Send one task per item of `calls` (each the positional arguments of one call)
+        in a single broker call: `add.delay_many([(1, 2), (3, 4)])`."""
+        from .result import AsyncResult
+
+        app = self.app
+        options = self.options
+        envelopes = [
+            app.envelope(self.name, args, queue=options.queue, priority=options.priority)
+            for args in calls
+        ]
+        app.publish(envelopes)
+        return [AsyncResult(e.id, app, self.name) for e in envelopes]
 
     def apply_async(
         self,

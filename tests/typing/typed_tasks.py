@@ -33,3 +33,4 @@ add.delay("x", 1)  # type: ignore[arg-type]
 add.delay(1)  # type: ignore[call-arg]
 fetch_rate.delay(1)  # type: ignore[arg-type]
 send_email.delay(42, user_email=3)  # type: ignore[arg-type]
+assert_type(add.delay_many([(1, 2), (3, 4)]), list[AsyncResult[int]])

@@ -170,3 +170,24 @@ def test_request_outside_a_worker_is_an_error(app: Celeriac) -> None:
 
     with pytest.raises(RuntimeError, match="only available while the task runs"):
         _ = f.request
+
+
+def test_delay_many_and_send_many_publish_in_one_call(app: Celeriac) -> None:
+    @app.task(queue="bulk", priority=4)
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    results = add.delay_many([(1, 2), (3, 4)])
+    more = app.send_many([(add.name, [5, 6], {}), ("other.task", [], {"k": 1})])
+    assert app.broker.stats()["bulk"].ready == 2  # by the task's own options
+    assert app.broker.stats()["celeriac"].ready == 2  # by name, like send_task: routes only
+    fetched = [decode(d.body) for d in app.broker.fetch(["bulk", "celeriac"], 10, 30)]
+    assert {e.id for e in fetched} == {r.id for r in [*results, *more]}
+    assert {tuple(e.args) for e in fetched if e.queue == "bulk"} == {(1, 2), (3, 4)}
+    assert all(e.priority == 4 for e in fetched if e.queue == "bulk")
+
+
+def test_send_many_sends_nothing_if_one_call_is_bad(app: Celeriac) -> None:
+    with pytest.raises(EncodeError):
+        app.send_many([("t", [1], {}), ("t", [object()], {})])
+    assert app.broker.stats() == {}
