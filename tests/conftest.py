@@ -13,6 +13,14 @@ import pytest
 from celeriac import Celeriac
 from celeriac.worker.worker import Worker
 from polling import wait_until
+from services import delete_test_keys
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_test_servers() -> Iterator[None]:
+    """Leave no test keys behind on the shared Redis server."""
+    yield
+    delete_test_keys()
 
 
 @pytest.fixture

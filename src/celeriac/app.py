@@ -171,7 +171,9 @@ class Celeriac:
         if self._broker is None:
             conf = self.conf
             self._broker = broker_from_url(
-                conf.effective_broker_url, max_lease_expiries=conf.broker_max_lease_expiries
+                conf.effective_broker_url,
+                max_lease_expiries=conf.broker_max_lease_expiries,
+                prefix=conf.broker_key_prefix,
             )
         return self._broker
 
@@ -179,7 +181,13 @@ class Celeriac:
     def backend(self) -> ResultBackend | None:
         if not self._backend_loaded:
             url = self.conf.effective_result_backend
-            self._backend = backend_from_url(url, expires=self.conf.result_expires) if url else None
+            self._backend = (
+                backend_from_url(
+                    url, expires=self.conf.result_expires, prefix=self.conf.broker_key_prefix
+                )
+                if url
+                else None
+            )
             self._backend_loaded = True
         return self._backend
 

@@ -26,7 +26,7 @@ DEFAULT_SQLITE_URL = "sqlite:///celeriac.db"
 @dataclass
 class Settings:
     # Where messages and results live. No broker: an SQLite file in the working directory.
-    # No result backend: the broker's own store when it has one (sqlite://, memory://).
+    # No result backend: the broker's own store when it has one (sqlite, memory, redis).
     broker_url: str | None = None
     result_backend: str | None = None
     result_expires: float = 86400.0  # seconds a finished task's result is kept
@@ -52,6 +52,7 @@ class Settings:
     broker_lease_seconds: float = 30.0  # a dead worker's messages run again after this
     broker_max_lease_expiries: int = 3  # then the message is dead-lettered
     broker_poll_interval: float = 0.1  # longest pause between fetches of an idle worker
+    broker_key_prefix: str = "celeriac"  # Redis: the prefix of every key, to share a server
 
     # Modules to import when the app starts (task modules that autodiscovery won't find).
     imports: list[str] = field(default_factory=list)
@@ -92,7 +93,8 @@ class Settings:
         if self.result_backend:
             return self.result_backend
         broker = self.effective_broker_url
-        return broker if broker.split("://")[0] in ("sqlite", "memory") else None
+        has_store = broker.split("://")[0] in ("sqlite", "memory", "redis", "rediss", "unix")
+        return broker if has_store else None
 
 
 KNOWN = frozenset(f.name for f in dataclasses.fields(Settings))

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 from celeriac.backends import ResultBackend, from_url
+from services import TEST_PREFIX, redis_url
 
 T = TypeVar("T")
 
@@ -28,6 +29,7 @@ class BackendKind:
     name: str
     connect: Callable[[Path, dict[str, Any]], ResultBackend]
     shared: bool
+    expires_by_itself: bool = False  # the server deletes expired results; cleanup() finds none
 
 
 def _memory(tmp_path: Path, options: dict[str, Any]) -> ResultBackend:
@@ -38,9 +40,15 @@ def _sqlite(tmp_path: Path, options: dict[str, Any]) -> ResultBackend:
     return from_url(f"sqlite:///{tmp_path}/r.db", **options)
 
 
+def _redis(tmp_path: Path, options: dict[str, Any]) -> ResultBackend:
+    prefix = f"{TEST_PREFIX}:{tmp_path.name}:{abs(hash(str(tmp_path))):x}"
+    return from_url(redis_url(), prefix=prefix, **options)
+
+
 BACKEND_KINDS = [
     BackendKind("memory", _memory, shared=False),
     BackendKind("sqlite", _sqlite, shared=True),
+    BackendKind("redis", _redis, shared=True, expires_by_itself=True),
 ]
 
 

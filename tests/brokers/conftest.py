@@ -11,7 +11,6 @@ only its own messages.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from celeriac.brokers import Broker, from_url
+from services import TEST_PREFIX, redis_url
 
 T = TypeVar("T")
 
@@ -64,20 +64,16 @@ def _sqlite(tmp_path: Path, options: dict[str, Any]) -> Broker:
     return from_url(f"sqlite:///{tmp_path}/b.db", **options)
 
 
-def service_url(variable: str) -> str:
-    """The URL of a test server from the environment: skip without it, but fail on CI,
-    where every broker must be tested. For the `connect` of server-backed kinds."""
-    url = os.environ.get(variable)
-    if url:
-        return url
-    if os.environ.get("CELERIAC_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{variable} is not set: CI must test this broker")
-    pytest.skip(f"{variable} is not set (a URL of a test server)")
+def _redis(tmp_path: Path, options: dict[str, Any]) -> Broker:
+    # One prefix per test (from its tmp_path), so two objects of one test share queues.
+    prefix = f"{TEST_PREFIX}:{tmp_path.name}:{abs(hash(str(tmp_path))):x}"
+    return from_url(redis_url(), prefix=prefix, **options)
 
 
 BROKER_KINDS = [
     BrokerKind("memory", _memory, shared=False),
     BrokerKind("sqlite", _sqlite, shared=True),
+    BrokerKind("redis", _redis, shared=True),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Fixtures for the end-to-end tests: real `celeriac worker` processes on an SQLite broker.
+"""Fixtures for the end-to-end tests: real `celeriac worker` processes, on SQLite and Redis.
 
 `make_project(tasks_source, **settings)` writes a package `proj_<hex>` into the test's
 `tmp_path` (an app module and a tasks module) and returns a `Project`. The tasks module
@@ -34,6 +34,7 @@ import pytest
 
 from celeriac import Celeriac
 from polling import wait_until
+from services import new_prefix, redis_url
 
 T = TypeVar("T")
 
@@ -104,10 +105,13 @@ DEFAULT_SETTINGS: dict[str, Any] = {"broker_lease_seconds": 10.0, "worker_shutdo
 class Project:
     """A project package on disk, and a sending app in the test process."""
 
-    def __init__(self, root: Path, package: str, broker_url: str, workdir: Path) -> None:
+    def __init__(
+        self, root: Path, package: str, broker_url: str, workdir: Path, settings: dict[str, Any]
+    ) -> None:
         self.root = root
         self.package = package
         self.broker_url = broker_url
+        self.settings = settings
         self.workdir = workdir
         self._app: Celeriac | None = None
 
@@ -119,7 +123,7 @@ class Project:
     def app(self) -> Celeriac:
         """An app on the project's broker, for sending by name and reading results."""
         if self._app is None:
-            self._app = Celeriac(broker=self.broker_url, set_as_current=False)
+            self._app = Celeriac(broker=self.broker_url, set_as_current=False, **self.settings)
         return self._app
 
     def lines(self, name: str) -> list[str]:
@@ -140,8 +144,17 @@ class Project:
             self._app = None
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """Every e2e test runs on each broker that has real worker processes share it."""
+    kind: str = request.param
+    if kind == "redis":
+        redis_url()  # skips (or fails in CI) without a server
+    return kind
+
+
 @pytest.fixture
-def make_project(tmp_path: Path) -> Iterator[Callable[..., Project]]:
+def make_project(tmp_path: Path, broker_kind: str) -> Iterator[Callable[..., Project]]:
     """`make_project(tasks_source, **settings)`: a new project package (see module doc)."""
     made: list[Project] = []
 
@@ -151,15 +164,18 @@ def make_project(tmp_path: Path) -> Iterator[Callable[..., Project]]:
         root, workdir = base / "project", base / "work"
         (root / package).mkdir(parents=True)
         workdir.mkdir()
-        broker_url = f"sqlite:///{base / 'celeriac.db'}"
+        settings = {**DEFAULT_SETTINGS, **settings}
+        if broker_kind == "redis":
+            broker_url = redis_url()
+            settings["broker_key_prefix"] = new_prefix()
+        else:
+            broker_url = f"sqlite:///{base / 'celeriac.db'}"
         (root / package / "__init__.py").write_text("")
-        app_source = APP_MODULE.format(
-            package=package, broker=broker_url, settings={**DEFAULT_SETTINGS, **settings}
-        )
+        app_source = APP_MODULE.format(package=package, broker=broker_url, settings=settings)
         (root / package / "celeriac.py").write_text(app_source)
         tasks = TASKS_HEADER.format(workdir=str(workdir)) + textwrap.dedent(tasks_source)
         (root / package / "tasks.py").write_text(tasks)
-        project = Project(root, package, broker_url, workdir)
+        project = Project(root, package, broker_url, workdir, settings)
         made.append(project)
         return project
 

@@ -10,7 +10,8 @@ from .base import ResultBackend, TaskMeta
 __all__ = ["ResultBackend", "TaskMeta", "from_url"]
 
 
-def from_url(url: str, **options: Any) -> ResultBackend:
+def from_url(url: str, *, prefix: str = "celeriac", **options: Any) -> ResultBackend:
+    """`prefix`: the key prefix on servers that several apps may share (Redis)."""
     scheme = url.partition("://")[0]
     if scheme == "memory":
         from .memory import MemoryBackend
@@ -20,6 +21,11 @@ def from_url(url: str, **options: Any) -> ResultBackend:
         from .sqlite import SqliteBackend
 
         return SqliteBackend(url, **options)
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisBackend
+
+        return RedisBackend(url, prefix=prefix, **options)
     raise ConfigurationError(
-        f"unknown result backend URL {url!r}: Celeriac supports memory:// and sqlite:///path.db"
+        f"unknown result backend URL {url!r}: Celeriac supports memory://, sqlite:///path.db"
+        " and redis://host:port/db (also rediss:// and unix://)"
     )

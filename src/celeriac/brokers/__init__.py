@@ -10,7 +10,8 @@ from .base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
 __all__ = ["Broker", "DeadLetter", "Delivery", "Outgoing", "QueueStats", "from_url"]
 
 
-def from_url(url: str, **options: Any) -> Broker:
+def from_url(url: str, *, prefix: str = "celeriac", **options: Any) -> Broker:
+    """`prefix`: the key prefix on servers that several apps may share (Redis)."""
     scheme = url.partition("://")[0]
     if scheme == "memory":
         from .memory import MemoryBroker
@@ -20,6 +21,11 @@ def from_url(url: str, **options: Any) -> Broker:
         from .sqlite import SqliteBroker
 
         return SqliteBroker(url, **options)
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisBroker
+
+        return RedisBroker(url, prefix=prefix, **options)
     raise ConfigurationError(
-        f"unknown broker URL {url!r}: Celeriac supports memory:// and sqlite:///path.db"
+        f"unknown broker URL {url!r}: Celeriac supports memory://, sqlite:///path.db"
+        " and redis://host:port/db (also rediss:// and unix://)"
     )

@@ -131,5 +131,11 @@ class Broker(ABC):
     def stats(self) -> dict[str, QueueStats]:
         """Counts per queue for every queue that has messages or dead letters."""
 
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Block until a message may have arrived in one of the queues, or `timeout`
+        seconds pass. Brokers that can be told (a wake-up list, LISTEN/NOTIFY) return
+        early; this default just sleeps, making an idle worker poll."""
+        time.sleep(timeout)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

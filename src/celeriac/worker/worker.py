@@ -115,6 +115,7 @@ class Worker:
     async def main(self, ready: Callable[[], None] | None = None) -> int:
         loop = asyncio.get_running_loop()
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="celeriac-io")
+        self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="celeriac-wait")
         self._slots = asyncio.Semaphore(self.concurrency)
         self._stop = asyncio.Event()
         self._hard_stop = asyncio.Event()
@@ -152,6 +153,7 @@ class Worker:
             acker.cancel()
         finally:
             self.executor.shutdown()
+            self._waiter.shutdown(wait=False)
             self._io.shutdown(wait=True)
         log.info("worker stopped after %d tasks", self.processed)
         return 0
@@ -212,9 +214,22 @@ class Worker:
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), idle_pause)
+            await self._idle(idle_pause)
             idle_pause = min(idle_pause * 2, self.poll_interval)
+
+    async def _idle(self, timeout: float) -> None:
+        """Nothing to fetch: wait until the broker says a message arrived (it may return
+        early), `timeout` passes, or we are asked to stop. In a thread of its own, so that
+        acks and lease renewals in the I/O thread are never held up by it."""
+        waiting: asyncio.Future[None] = asyncio.get_running_loop().run_in_executor(
+            self._waiter, self.app.broker.wait, self.queues, timeout
+        )
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait([waiting, stop], return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if waiting.done() and waiting.exception() is not None:
+            log.error("waiting for messages failed: %s", waiting.exception())
+            await asyncio.sleep(min(timeout, 1.0))
 
     async def _heartbeat(self) -> None:
         """Renew the leases of every held message, every third of the lease."""

@@ -1,0 +1,90 @@
+"""`redis://` results: one key per task, and a pub/sub channel that wakes waiters.
+
+    <prefix>:r:<task id>       the TaskMeta as JSON; ready states expire after
+                               `result_expires` (by Redis itself), others do not
+    <prefix>:done:<task id>    channel: a message when the task reaches a ready state
+
+`wait` subscribes first, then reads the key, then waits for the message: a result stored
+between the two steps is never missed, and nothing polls.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from .. import states
+from ..brokers.redis import call, connect
+from ..envelope import dumps, loads
+from ..exceptions import TimeoutError
+from .base import ResultBackend, TaskMeta
+
+
+class RedisBackend(ResultBackend):
+    def __init__(self, url: str, *, prefix: str = "celeriac", **options: Any) -> None:
+        super().__init__(url, **options)
+        self.prefix = prefix
+        self.client = connect(url)
+
+    def _key(self, task_id: str) -> str:
+        return f"{self.prefix}:r:{task_id}"
+
+    def store(self, metas: Sequence[TaskMeta]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for m in metas:
+            value = dumps([m.state, m.task, m.result, m.traceback, m.info, m.date_done])
+            if m.ready:
+                pipe.set(self._key(m.task_id), value, px=max(1, int(self.expires * 1000)))
+                pipe.publish(f"{self.prefix}:done:{m.task_id}", m.state)
+            else:
+                pipe.set(self._key(m.task_id), value)
+        call(self.url, pipe.execute)
+
+    @staticmethod
+    def _decode(task_id: str, raw: bytes | None) -> TaskMeta | None:
+        if raw is None:
+            return None
+        try:
+            state, task, result, tb, info, done = loads(raw)
+        except (msgspec.DecodeError, ValueError):
+            return TaskMeta(
+                task_id,
+                states.FAILURE,
+                result={"type": "DecodeError", "message": "unreadable result"},
+            )
+        return TaskMeta(task_id, state, task, result, tb, info, done)
+
+    def get(self, task_id: str) -> TaskMeta | None:
+        return self._decode(task_id, call(self.url, lambda: self.client.get(self._key(task_id))))
+
+    def wait(self, task_id: str, timeout: float | None, interval: float = 0.05) -> TaskMeta:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            call(self.url, lambda: pubsub.subscribe(f"{self.prefix}:done:{task_id}"))
+            while True:
+                meta = self.get(task_id)
+                if meta is not None and meta.ready:
+                    return meta
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"task {task_id} not ready after {timeout}s")
+                # Wake at least every second to re-read the key: a belt to the channel's
+                # braces, should a message be lost with a dropped connection.
+                pause = 1.0 if remaining is None else min(1.0, remaining)
+                call(self.url, functools.partial(pubsub.get_message, timeout=pause))
+        finally:
+            pubsub.close()
+
+    def forget(self, task_id: str) -> None:
+        call(self.url, lambda: self.client.delete(self._key(task_id)))
+
+    def cleanup(self) -> int:
+        return 0  # Redis expires results by itself
+
+    def close(self) -> None:
+        self.client.close()

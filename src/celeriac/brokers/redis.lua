@@ -1,0 +1,234 @@
+-- Celeriac's broker on Redis: every operation of the broker contract, each one atomic.
+--
+-- Called as   EVALSHA <sha> 0 <op> <prefix> <now> <args...>
+-- where <now> is the caller's clock (unix seconds) and <prefix> (P below) names the key
+-- space. The keys are built here from the prefix, so this needs one Redis server (or a
+-- replicated primary), not Redis Cluster.
+--
+-- Key layout:
+--   P:seq            counter: publish order
+--   P:queues         set of the queue names seen
+--   P:q:<queue>      zset of ready messages: score = (9 - priority) * 2^43 + eta in ms,
+--                    member = seq (16 digits) .. ':' .. id, so that ties of score go in
+--                    publish order: highest priority first, then oldest eta, then FIFO
+--   P:delayed        zset of delayed messages of every queue, score = eta
+--   P:leased         zset of leased messages of every queue, score = lease deadline
+--   P:m:<id>         hash per message not yet acked: body, queue, priority, eta, seq,
+--                    attempt (fencing token), expiries
+--   P:wake:<queue>   list of at most one token, pushed by publish; idle workers BLPOP it
+--   P:dseq           counter: dead-letter numbers
+--   P:d:<n>          hash per dead letter: id, queue, body, reason, dead_at
+--   P:dead           list of dead-letter numbers, newest first, of every queue
+--   P:dead:<queue>   the same, for one queue
+--   P:deadcount      hash: queue -> number of dead letters
+--
+-- A message is in exactly one of P:q:<queue>, P:delayed, P:leased, or dead (P:d:<n>),
+-- and its P:m:<id> hash exists exactly while it is in one of the first three.
+
+local op, P, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local PRIORITY_STEP = 8796093022208 -- 2^43 ms: eta up to the year 2248 fits below it
+local SEQ_DIGITS = 16
+
+-- Put a message (its hash already written) in its queue's ready set.
+local function requeue(id)
+  local m = redis.call('HMGET', P .. ':m:' .. id, 'queue', 'priority', 'eta', 'seq')
+  local score = (9 - tonumber(m[2])) * PRIORITY_STEP + math.floor(tonumber(m[3]) * 1000)
+  redis.call('ZADD', P .. ':q:' .. m[1], score, string.format('%016d', tonumber(m[4])) .. ':' .. id)
+end
+
+local function id_of(member)
+  return string.sub(member, SEQ_DIGITS + 2)
+end
+
+local function bury(id, reason)
+  local mkey = P .. ':m:' .. id
+  local m = redis.call('HMGET', mkey, 'queue', 'body')
+  local n = redis.call('INCR', P .. ':dseq')
+  redis.call('HSET', P .. ':d:' .. n, 'id', id, 'queue', m[1], 'body', m[2],
+    'reason', reason, 'dead_at', ARGV[3])
+  redis.call('LPUSH', P .. ':dead', n)
+  redis.call('LPUSH', P .. ':dead:' .. m[1], n)
+  redis.call('HINCRBY', P .. ':deadcount', m[1], 1)
+  redis.call('DEL', mkey)
+end
+
+-- Is this delivery (id, attempt) still the current lease on the message?
+local function owned(id, attempt)
+  return redis.call('ZSCORE', P .. ':leased', id)
+    and redis.call('HGET', P .. ':m:' .. id, 'attempt') == attempt
+end
+
+-- publish <n> (<id> <queue> <priority> <eta or ''> <body>) * n
+if op == 'publish' then
+  local n, woken = tonumber(ARGV[4]), {}
+  for i = 0, n - 1 do
+    local base = 5 + i * 5
+    local id, queue, priority, eta, body =
+      ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
+    local mkey = P .. ':m:' .. id
+    if redis.call('EXISTS', mkey) == 0 then
+      local due = eta == '' and now or tonumber(eta)
+      redis.call('HSET', mkey, 'body', body, 'queue', queue, 'priority', priority,
+        'eta', due, 'seq', redis.call('INCR', P .. ':seq'), 'attempt', 0, 'expiries', 0)
+      redis.call('SADD', P .. ':queues', queue)
+      if due > now then
+        redis.call('ZADD', P .. ':delayed', due, id)
+      else
+        requeue(id)
+        woken[queue] = true
+      end
+    end
+  end
+  for queue in pairs(woken) do
+    redis.call('LPUSH', P .. ':wake:' .. queue, 1)
+    redis.call('LTRIM', P .. ':wake:' .. queue, 0, 0)
+  end
+  return n
+end
+
+-- fetch <lease deadline> <limit> <max expiries> <queue>...
+-- Promotes due delayed messages, takes back expired leases, then leases the best
+-- <limit> ready messages of the queues. Returns (id, queue, body, attempt, expiries)*.
+if op == 'fetch' then
+  local deadline, limit, max_expiries = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':delayed', '-inf', now,
+      'LIMIT', 0, 1000)) do
+    redis.call('ZREM', P .. ':delayed', id)
+    requeue(id)
+  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':leased', '-inf', now,
+      'LIMIT', 0, 1000)) do
+    redis.call('ZREM', P .. ':leased', id)
+    local expiries = redis.call('HINCRBY', P .. ':m:' .. id, 'expiries', 1)
+    if expiries >= max_expiries then
+      bury(id, 'lease expired ' .. expiries .. ' times: its worker died or hung')
+    else
+      requeue(id)
+    end
+  end
+  local candidates = {}
+  for i = 7, #ARGV do
+    local found = redis.call('ZRANGE', P .. ':q:' .. ARGV[i], 0, limit - 1, 'WITHSCORES')
+    for j = 1, #found, 2 do
+      table.insert(candidates, { found[j], tonumber(found[j + 1]), ARGV[i] })
+    end
+  end
+  if #ARGV > 7 then
+    table.sort(candidates, function(a, b)
+      return a[2] < b[2] or (a[2] == b[2] and a[1] < b[1])
+    end)
+  end
+  local out = {}
+  for k = 1, math.min(limit, #candidates) do
+    local member, queue = candidates[k][1], candidates[k][3]
+    local id = id_of(member)
+    local mkey = P .. ':m:' .. id
+    redis.call('ZREM', P .. ':q:' .. queue, member)
+    redis.call('ZADD', P .. ':leased', deadline, id)
+    local attempt = redis.call('HINCRBY', mkey, 'attempt', 1)
+    local m = redis.call('HMGET', mkey, 'body', 'expiries')
+    table.insert(out, id)
+    table.insert(out, queue)
+    table.insert(out, m[1])
+    table.insert(out, attempt)
+    table.insert(out, tonumber(m[2]))
+  end
+  return out
+end
+
+-- renew <lease deadline> (<id> <attempt>)*  /  ack (<id> <attempt>)*
+-- release (<id> <attempt>)*: each returns one 1 (owned, done) or 0 per delivery.
+if op == 'renew' or op == 'ack' or op == 'release' then
+  local first = op == 'renew' and 5 or 4
+  local out = {}
+  for i = first, #ARGV, 2 do
+    local id, attempt = ARGV[i], ARGV[i + 1]
+    if owned(id, attempt) then
+      if op == 'renew' then
+        redis.call('ZADD', P .. ':leased', ARGV[4], id)
+      else
+        redis.call('ZREM', P .. ':leased', id)
+        if op == 'ack' then redis.call('DEL', P .. ':m:' .. id) else requeue(id) end
+      end
+      table.insert(out, 1)
+    else
+      table.insert(out, 0)
+    end
+  end
+  return out
+end
+
+-- nack <id> <attempt> <eta> <has body: 1|0> <body>
+if op == 'nack' then
+  local id, attempt, eta = ARGV[4], ARGV[5], tonumber(ARGV[6])
+  if not owned(id, attempt) then return 0 end
+  redis.call('ZREM', P .. ':leased', id)
+  -- Like a new publish: behind the messages already waiting.
+  redis.call('HSET', P .. ':m:' .. id, 'eta', eta, 'seq', redis.call('INCR', P .. ':seq'))
+  if ARGV[7] == '1' then redis.call('HSET', P .. ':m:' .. id, 'body', ARGV[8]) end
+  if eta > now then
+    redis.call('ZADD', P .. ':delayed', eta, id)
+  else
+    requeue(id)
+  end
+  return 1
+end
+
+-- dead_letter <id> <attempt> <reason>
+if op == 'dead_letter' then
+  if not owned(ARGV[4], ARGV[5]) then return 0 end
+  redis.call('ZREM', P .. ':leased', ARGV[4])
+  bury(ARGV[4], ARGV[6])
+  return 1
+end
+
+-- purge <queue>: the queue's ready and delayed messages; returns how many.
+if op == 'purge' then
+  local queue, count = ARGV[4], 0
+  local qkey = P .. ':q:' .. queue
+  for _, member in ipairs(redis.call('ZRANGE', qkey, 0, -1)) do
+    redis.call('DEL', P .. ':m:' .. id_of(member))
+    count = count + 1
+  end
+  redis.call('DEL', qkey)
+  for _, id in ipairs(redis.call('ZRANGE', P .. ':delayed', 0, -1)) do
+    if redis.call('HGET', P .. ':m:' .. id, 'queue') == queue then
+      redis.call('ZREM', P .. ':delayed', id)
+      redis.call('DEL', P .. ':m:' .. id)
+      count = count + 1
+    end
+  end
+  return count
+end
+
+-- stats: (queue ready delayed leased dead)* for every queue seen. A due delayed message
+-- or an expired lease counts as ready: it will be handed out at the next fetch.
+if op == 'stats' then
+  local counts = {}
+  local function bump(queue, field)
+    counts[queue] = counts[queue] or { ready = 0, delayed = 0, leased = 0 }
+    counts[queue][field] = counts[queue][field] + 1
+  end
+  for _, queue in ipairs(redis.call('SMEMBERS', P .. ':queues')) do
+    counts[queue] = { ready = redis.call('ZCARD', P .. ':q:' .. queue), delayed = 0, leased = 0 }
+  end
+  for _, key in ipairs({ 'delayed', 'leased' }) do
+    local members = redis.call('ZRANGE', P .. ':' .. key, 0, -1, 'WITHSCORES')
+    for j = 1, #members, 2 do
+      local queue = redis.call('HGET', P .. ':m:' .. members[j], 'queue')
+      if queue then bump(queue, tonumber(members[j + 1]) > now and key or 'ready') end
+    end
+  end
+  local out = {}
+  for queue, c in pairs(counts) do
+    local dead = tonumber(redis.call('HGET', P .. ':deadcount', queue) or '0')
+    table.insert(out, queue)
+    table.insert(out, c.ready)
+    table.insert(out, c.delayed)
+    table.insert(out, c.leased)
+    table.insert(out, dead)
+  end
+  return out
+end
+
+return redis.error_reply('celeriac: unknown broker operation ' .. tostring(op))

@@ -1,0 +1,151 @@
+"""`redis://`, `rediss://` (TLS), `unix://`: the production broker. Redis does the
+distribution; Celeriac adds no server.
+
+Every operation is one call of one Lua script, `redis.lua` beside this file, whose header
+documents the key layout. Sorted sets and a hash per message, not Streams: a lease is a
+score in one sorted set, so taking back a dead worker's messages is one range query on
+deadlines (deterministic, not the chance of an `XAUTOCLAIM` sweep), priorities are part
+of the ready set's score, and fencing is a compare on the message's attempt counter.
+Idle workers block on a wake-up list that `publish` pushes, so a task sent to an idle
+worker starts at once without polling.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from ..exceptions import BrokerError, ConfigurationError
+from .base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+
+T = TypeVar("T")
+SCRIPT = importlib.resources.files(__package__).joinpath("redis.lua").read_text()
+
+
+def redacted(url: str) -> str:
+    """The URL with its password replaced, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connect(url: str) -> Any:
+    """A redis-py client for the URL (thread-safe, with its own connection pool)."""
+    try:
+        import redis
+    except ImportError:
+        raise ConfigurationError(
+            f"{redacted(url)} needs the Redis client: pip install 'celeriac[redis]'"
+        ) from None
+    try:
+        return redis.Redis.from_url(url, health_check_interval=30)
+    except ValueError as exc:
+        raise ConfigurationError(f"bad Redis URL {redacted(url)}: {exc}") from None
+
+
+def call(url: str, fn: Callable[[], T]) -> T:
+    """Run a Redis call; a Redis failure becomes a `BrokerError` that names the server."""
+    import redis
+
+    try:
+        return fn()
+    except redis.RedisError as exc:
+        raise BrokerError(f"Redis at {redacted(url)}: {exc}") from exc
+
+
+class RedisBroker(Broker):
+    def __init__(self, url: str, *, prefix: str = "celeriac", **options: Any) -> None:
+        super().__init__(url, **options)
+        self.prefix = prefix
+        self.client = connect(url)
+        self._script = self.client.register_script(SCRIPT)
+
+    def _run(self, op: str, *args: Any) -> Any:
+        argv = [op, self.prefix, repr(self.clock()), *args]
+        return call(self.url, lambda: self._script(keys=[], args=argv))
+
+    def publish(self, messages: Sequence[Outgoing]) -> None:
+        if not messages:
+            return
+        args: list[Any] = [len(messages)]
+        for m in messages:
+            args += [m.id, m.queue, m.priority, "" if m.eta is None else repr(m.eta), m.body]
+        self._run("publish", *args)
+
+    def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
+        if not queues or limit <= 0:
+            return []
+        unique = list(dict.fromkeys(queues))
+        deadline = repr(self.clock() + lease)
+        flat = self._run("fetch", deadline, limit, self.max_lease_expiries, *unique)
+        return [
+            Delivery(flat[i].decode(), flat[i + 1].decode(), flat[i + 2], flat[i + 3], flat[i + 4])
+            for i in range(0, len(flat), 5)
+        ]
+
+    @staticmethod
+    def _pairs(deliveries: Sequence[Delivery]) -> list[Any]:
+        return [x for d in deliveries for x in (d.id, d.attempt)]
+
+    def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
+        if not deliveries:
+            return []
+        deadline = repr(self.clock() + lease)
+        return [bool(x) for x in self._run("renew", deadline, *self._pairs(deliveries))]
+
+    def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        if not deliveries:
+            return []
+        return [bool(x) for x in self._run("ack", *self._pairs(deliveries))]
+
+    def nack(self, delivery: Delivery, delay: float = 0.0, body: bytes | None = None) -> bool:
+        eta = repr(self.clock() + delay)
+        has_body = "0" if body is None else "1"
+        return bool(self._run("nack", delivery.id, delivery.attempt, eta, has_body, body or b""))
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        if deliveries:
+            self._run("release", *self._pairs(deliveries))
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        return bool(self._run("dead_letter", delivery.id, delivery.attempt, reason))
+
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        key = f"{self.prefix}:dead" if queue is None else f"{self.prefix}:dead:{queue}"
+
+        def read() -> list[Any]:
+            numbers = self.client.lrange(key, 0, limit - 1)
+            pipe = self.client.pipeline(transaction=False)
+            for n in numbers:
+                pipe.hmget(
+                    f"{self.prefix}:d:{n.decode()}", "id", "queue", "body", "reason", "dead_at"
+                )
+            return list(pipe.execute())
+
+        return [
+            DeadLetter(i.decode(), q.decode(), body, reason.decode(), float(at))
+            for i, q, body, reason, at in call(self.url, read)
+        ]
+
+    def purge(self, queue: str) -> int:
+        return int(self._run("purge", queue))
+
+    def stats(self) -> dict[str, QueueStats]:
+        flat = self._run("stats")
+        found = {
+            flat[i].decode(): QueueStats(*(int(x) for x in flat[i + 1 : i + 5]))
+            for i in range(0, len(flat), 5)
+        }
+        return {q: s for q, s in sorted(found.items()) if s != QueueStats()}
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Block until a message is published to one of the queues, or `timeout` passes."""
+        keys = [f"{self.prefix}:wake:{q}" for q in queues]
+        call(self.url, lambda: self.client.blpop(keys, timeout=max(timeout, 0.01)))
+
+    def close(self) -> None:
+        self.client.close()

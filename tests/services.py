@@ -1,0 +1,66 @@
+"""Test servers: a test that needs one skips with a reason when it cannot be reached, and
+fails instead under CELERIAC_REQUIRE_SERVICES=1 (as CI runs). Each test gets key prefixes
+of its own, so tests share a server without seeing each other's queues."""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+
+import pytest
+
+REDIS_URL = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TEST_PREFIX = "celeriac-test"
+
+
+@functools.cache
+def _redis_problem() -> str | None:
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except Exception as exc:  # any failure means: no usable server
+        return f"Redis at {REDIS_URL} is not reachable ({exc})"
+    return None
+
+
+def require(problem: str | None) -> None:
+    if problem is None:
+        return
+    if os.environ.get("CELERIAC_REQUIRE_SERVICES") == "1":
+        pytest.fail(problem + "; CELERIAC_REQUIRE_SERVICES=1 requires it")
+    pytest.skip(problem)
+
+
+def redis_url() -> str:
+    """The test Redis server's URL, or skip (fail in CI) when it is not reachable."""
+    require(_redis_problem())
+    return REDIS_URL
+
+
+def new_prefix() -> str:
+    return f"{TEST_PREFIX}:{uuid.uuid4().hex[:12]}"
+
+
+def delete_test_keys() -> None:
+    """Remove every key the tests made (all start with TEST_PREFIX)."""
+    if _redis_problem() is not None:
+        return
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    for batch in _batched(client.scan_iter(match=f"{TEST_PREFIX}:*", count=1000), 500):
+        client.delete(*batch)
+    client.close()
+
+
+def _batched(items, size):  # type: ignore[no-untyped-def]
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
