@@ -40,8 +40,10 @@ def parse_url(url: str) -> tuple[str, str]:
 
 
 class Database:
-    def __init__(self, url: str, schema: str) -> None:
+    def __init__(self, url: str, schema: str, synchronous: str | None = None) -> None:
         self.path, self.synchronous = parse_url(url)
+        if synchronous is not None:  # broker_durable_publish asks for "full"
+            self.synchronous = synchronous
         self.schema = schema
         self._local = threading.local()
         directory = os.path.dirname(os.path.abspath(self.path))

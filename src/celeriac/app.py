@@ -173,6 +173,7 @@ class Celeriac:
             self._broker = broker_from_url(
                 conf.effective_broker_url,
                 max_lease_expiries=conf.broker_max_lease_expiries,
+                durable_publish=conf.broker_durable_publish,
                 prefix=conf.broker_key_prefix,
             )
         return self._broker

@@ -30,6 +30,7 @@ class Settings:
     broker_url: str | None = None
     result_backend: str | None = None
     result_expires: float = 86400.0  # seconds a finished task's result is kept
+    result_max_bytes: int = 10 * 1024 * 1024  # a bigger result is a failure, not stored
 
     # Sending.
     task_default_queue: str = "celeriac"
@@ -52,6 +53,10 @@ class Settings:
     broker_lease_seconds: float = 30.0  # a dead worker's messages run again after this
     broker_max_lease_expiries: int = 3  # then the message is dead-lettered
     broker_poll_interval: float = 0.1  # longest pause between fetches of an idle worker
+    # delay() returns only once the message is fsynced: SQLite synchronous=FULL, Redis
+    # WAITAOF (7.2+, appendonly yes). Slower; without it a crashed process loses nothing,
+    # but a power loss (SQLite) or a server crash (Redis) can lose the last moments' tasks.
+    broker_durable_publish: bool = False
     broker_key_prefix: str = "celeriac"  # Redis: the prefix of every key, to share a server
 
     # Modules to import when the app starts (task modules that autodiscovery won't find).

@@ -236,3 +236,14 @@ def test_stop_hands_back_unstarted_messages(
     worker_cm.__exit__(None, None, None)
     stats = app.broker.stats()["celeriac"]
     assert (stats.ready, stats.leased) == (4, 0)
+
+
+def test_a_result_over_the_size_limit_is_a_failure(app: Celeriac, worker_for: Any) -> None:
+    app.conf.update({"result_max_bytes": 100})
+
+    @app.task
+    def big() -> str:
+        return "x" * 1000
+
+    with worker_for(app), pytest.raises(TaskFailed, match="ResultTooLarge: the result is 1002"):
+        big.delay().get(timeout=10)

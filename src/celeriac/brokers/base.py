@@ -79,10 +79,13 @@ class Broker(ABC):
         url: str,
         *,
         max_lease_expiries: int = DEFAULT_MAX_LEASE_EXPIRIES,
+        durable_publish: bool = False,
         clock: Clock = time.time,
     ) -> None:
         self.url = url
         self.max_lease_expiries = max_lease_expiries
+        # publish() returns only once the messages are on disk (fsynced), not just stored.
+        self.durable_publish = durable_publish
         self.clock = clock
 
     @abstractmethod
@@ -130,6 +133,10 @@ class Broker(ABC):
     @abstractmethod
     def stats(self) -> dict[str, QueueStats]:
         """Counts per queue for every queue that has messages or dead letters."""
+
+    def warnings(self) -> list[str]:
+        """Settings of the broker's server that can lose messages, for the worker to log."""
+        return []
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Block until a message may have arrived in one of the queues, or `timeout`

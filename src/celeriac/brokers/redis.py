@@ -21,6 +21,7 @@ from ..exceptions import BrokerError, ConfigurationError
 from .base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
 
 T = TypeVar("T")
+DURABLE_TIMEOUT_MS = 5000
 SCRIPT = importlib.resources.files(__package__).joinpath("redis.lua").read_text()
 
 
@@ -75,6 +76,51 @@ class RedisBroker(Broker):
         for m in messages:
             args += [m.id, m.queue, m.priority, "" if m.eta is None else repr(m.eta), m.body]
         self._run("publish", *args)
+        if self.durable_publish:
+            self._wait_for_fsync()
+
+    def _wait_for_fsync(self) -> None:
+        """`WAITAOF 1 0`: block until this server has fsynced the write to its AOF."""
+        import redis
+
+        try:
+            local, _ = self.client.execute_command("WAITAOF", 1, 0, DURABLE_TIMEOUT_MS)
+        except redis.ResponseError as exc:
+            raise ConfigurationError(
+                f"broker_durable_publish needs Redis 7.2 or later with appendonly yes"
+                f" (WAITAOF): {exc}"
+            ) from None
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis at {redacted(self.url)}: {exc}") from exc
+        if local < 1:
+            raise BrokerError(
+                f"Redis at {redacted(self.url)} did not fsync the message within"
+                f" {DURABLE_TIMEOUT_MS} ms; it may be lost if the server crashes"
+            )
+
+    def warnings(self) -> list[str]:
+        found = []
+        try:
+            config = self.client.config_get("appendonly", "appendfsync", "maxmemory-policy")
+        except Exception:  # CONFIG may be forbidden (ACL, managed Redis): nothing to say
+            return []
+        text = {
+            k.decode() if isinstance(k, bytes) else k: (v.decode() if isinstance(v, bytes) else v)
+            for k, v in config.items()
+        }
+        if text.get("appendonly") != "yes":
+            found.append(
+                "Redis runs without appendonly: a restart of the server loses every queued"
+                " task (set appendonly yes, appendfsync everysec or always)"
+            )
+        elif text.get("appendfsync") == "no":
+            found.append("Redis appendfsync is 'no': a power loss can lose recent tasks")
+        if text.get("maxmemory-policy", "noeviction") != "noeviction":
+            found.append(
+                f"Redis maxmemory-policy is {text['maxmemory-policy']}: under memory pressure"
+                " it deletes keys, tasks included (set maxmemory-policy noeviction)"
+            )
+        return found
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
         if not queues or limit <= 0:

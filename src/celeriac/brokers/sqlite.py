@@ -93,7 +93,7 @@ _OWNED = "id = ? AND attempt = ? AND state = 1"
 class SqliteBroker(Broker):
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        self.db = Database(url, SCHEMA)
+        self.db = Database(url, SCHEMA, synchronous="full" if self.durable_publish else None)
         self._placeholders: dict[int, str] = {}
 
     def _queues(self, n: int) -> str:

@@ -143,6 +143,8 @@ class Worker:
             await self._call(lambda: (self.app.broker, self.app.backend))
             self.tasks = await self._call(lambda: self.app.tasks)
             self._banner()
+            for warning in await self._call(self.app.broker.warnings):
+                log.warning("%s", warning)
             if ready is not None:
                 ready()
             heartbeat = asyncio.create_task(self._heartbeat())
@@ -358,9 +360,17 @@ class Worker:
         name, tid = envelope.task, envelope.id
         if outcome.kind == "success":
             try:
-                dumps(outcome.value)
+                size = len(dumps(outcome.value))
             except EncodeError as exc:
                 outcome = Outcome("failure", error_type="EncodeError", error_message=str(exc))
+            else:
+                limit = self.app.conf.result_max_bytes
+                if size > limit:
+                    message = (
+                        f"the result is {size} bytes, over result_max_bytes ({limit}):"
+                        " store big results elsewhere and return a reference to them"
+                    )
+                    outcome = Outcome("failure", error_type="ResultTooLarge", error_message=message)
         now = time.time()
         if outcome.kind == "success":
             if log.isEnabledFor(logging.INFO):

@@ -1,0 +1,72 @@
+"""What only the Redis broker has: server checks, durable publish, connection errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from celeriac.brokers import Outgoing, from_url
+from celeriac.brokers.redis import redacted
+from celeriac.exceptions import BrokerError, ConfigurationError
+from services import new_prefix, redis_url
+
+
+def test_warns_about_settings_that_lose_tasks() -> None:
+    broker = from_url(redis_url(), prefix=new_prefix())
+    appendonly = broker.client.config_get("appendonly")["appendonly"]
+    warnings = broker.warnings()
+    if appendonly in ("no", b"no"):
+        assert any("appendonly" in w for w in warnings), warnings
+    broker.close()
+
+
+def test_durable_publish_waits_for_fsync_or_says_what_it_needs() -> None:
+    broker = from_url(redis_url(), prefix=new_prefix(), durable_publish=True)
+    info = broker.client.info("server")
+    version = tuple(int(x) for x in info["redis_version"].split(".")[:2])
+    message = Outgoing("m1", "q", b"body")
+    if version < (7, 2):
+        with pytest.raises(ConfigurationError, match=r"needs Redis 7\.2"):
+            broker.publish([message])
+    else:
+        appendonly = broker.client.config_get("appendonly")["appendonly"]
+        if appendonly in ("yes", b"yes"):
+            broker.publish([message])
+        else:
+            with pytest.raises((BrokerError, ConfigurationError)):
+                broker.publish([message])
+    broker.close()
+
+
+def test_passwords_never_reach_logs() -> None:
+    assert redacted("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redacted("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def test_an_unreachable_server_is_a_broker_error_that_names_it() -> None:
+    broker = from_url("redis://127.0.0.1:1/0", prefix=new_prefix())
+    with pytest.raises(BrokerError, match=r"Redis at redis://127\.0\.0\.1:1/0"):
+        broker.fetch(["q"], 1, 1.0)
+
+
+def test_cli_reports_an_unreachable_server_in_one_line() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celeriac",
+            "--broker",
+            "redis://:pw@127.0.0.1:1/0",
+            "inspect",
+            "queues",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("celeriac: error: Redis at")
+    assert "pw" not in out.stderr
