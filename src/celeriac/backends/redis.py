@@ -23,26 +23,38 @@ from ..envelope import dumps, loads
 from ..exceptions import TimeoutError
 from .base import ResultBackend, TaskMeta
 
+# store <prefix> <ttl ms> (<task id> <ready: 1|0> <json>)*: one round trip for a batch.
+STORE = """
+local P, ttl = ARGV[1], ARGV[2]
+for i = 3, #ARGV, 3 do
+  local key = P .. ':r:' .. ARGV[i]
+  if ARGV[i + 1] == '1' then
+    redis.call('SET', key, ARGV[i + 2], 'PX', ttl)
+    redis.call('PUBLISH', P .. ':done:' .. ARGV[i], '1')
+  else
+    redis.call('SET', key, ARGV[i + 2])
+  end
+end
+return 0
+"""
+
 
 class RedisBackend(ResultBackend):
     def __init__(self, url: str, *, prefix: str = "celeriac", **options: Any) -> None:
         super().__init__(url, **options)
         self.prefix = prefix
         self.client = connect(url)
+        self._store = self.client.register_script(STORE)
 
     def _key(self, task_id: str) -> str:
         return f"{self.prefix}:r:{task_id}"
 
     def store(self, metas: Sequence[TaskMeta]) -> None:
-        pipe = self.client.pipeline(transaction=False)
+        args: list[Any] = [self.prefix, max(1, int(self.expires * 1000))]
         for m in metas:
             value = dumps([m.state, m.task, m.result, m.traceback, m.info, m.date_done])
-            if m.ready:
-                pipe.set(self._key(m.task_id), value, px=max(1, int(self.expires * 1000)))
-                pipe.publish(f"{self.prefix}:done:{m.task_id}", m.state)
-            else:
-                pipe.set(self._key(m.task_id), value)
-        call(self.url, pipe.execute)
+            args += [m.task_id, "1" if m.ready else "0", value]
+        call(self.url, lambda: self._store(keys=[], args=args))
 
     @staticmethod
     def _decode(task_id: str, raw: bytes | None) -> TaskMeta | None:

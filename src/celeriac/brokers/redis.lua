@@ -29,11 +29,15 @@ local op, P, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local PRIORITY_STEP = 8796093022208 -- 2^43 ms: eta up to the year 2248 fits below it
 local SEQ_DIGITS = 16
 
+local function make_ready(id, queue, priority, eta, seq)
+  local score = (9 - tonumber(priority)) * PRIORITY_STEP + math.floor(tonumber(eta) * 1000)
+  redis.call('ZADD', P .. ':q:' .. queue, score, string.format('%016d', tonumber(seq)) .. ':' .. id)
+end
+
 -- Put a message (its hash already written) in its queue's ready set.
 local function requeue(id)
   local m = redis.call('HMGET', P .. ':m:' .. id, 'queue', 'priority', 'eta', 'seq')
-  local score = (9 - tonumber(m[2])) * PRIORITY_STEP + math.floor(tonumber(m[3]) * 1000)
-  redis.call('ZADD', P .. ':q:' .. m[1], score, string.format('%016d', tonumber(m[4])) .. ':' .. id)
+  make_ready(id, m[1], m[2], m[3], m[4])
 end
 
 local function id_of(member)
@@ -60,7 +64,7 @@ end
 
 -- publish <n> (<id> <queue> <priority> <eta or ''> <body>) * n
 if op == 'publish' then
-  local n, woken = tonumber(ARGV[4]), {}
+  local n, woken, seen = tonumber(ARGV[4]), {}, {}
   for i = 0, n - 1 do
     local base = 5 + i * 5
     local id, queue, priority, eta, body =
@@ -68,13 +72,17 @@ if op == 'publish' then
     local mkey = P .. ':m:' .. id
     if redis.call('EXISTS', mkey) == 0 then
       local due = eta == '' and now or tonumber(eta)
+      local seq = redis.call('INCR', P .. ':seq')
       redis.call('HSET', mkey, 'body', body, 'queue', queue, 'priority', priority,
-        'eta', due, 'seq', redis.call('INCR', P .. ':seq'), 'attempt', 0, 'expiries', 0)
-      redis.call('SADD', P .. ':queues', queue)
+        'eta', due, 'seq', seq, 'attempt', 0, 'expiries', 0)
+      if not seen[queue] then
+        redis.call('SADD', P .. ':queues', queue)
+        seen[queue] = true
+      end
       if due > now then
         redis.call('ZADD', P .. ':delayed', due, id)
       else
-        requeue(id)
+        make_ready(id, queue, priority, due, seq)
         woken[queue] = true
       end
     end

@@ -2,8 +2,9 @@
 
     fetch (batch, leased)  ->  run (loop | threads | processes)  ->  store outcome  ->  ack
 
-All broker and backend calls go through one I/O thread, so a slow disk or network never
-blocks the loop and the loop is free to run `async def` tasks and the heartbeat. The
+Broker and backend calls run in I/O threads (one fetches, one stores and acks), so a slow
+disk or network never blocks the loop and the loop is free to run `async def` tasks and
+the heartbeat. The
 heartbeat renews the leases of every message this process holds: it runs on the loop, not
 in a task's thread, so a task that computes for minutes is not taken for a dead worker.
 Outcomes are stored and acked in batches: a message is acked only after its outcome is
@@ -96,6 +97,7 @@ class Worker:
         self.capacity = self.concurrency * multiplier
         self.poll_interval = conf.broker_poll_interval
         self.held: dict[tuple[str, int], Delivery] = {}  # fetched and not yet acked
+        self._finishing: set[tuple[str, int]] = set()  # held, outcome known, ack under way
         self.running = 0
         self.processed = 0
         self._signatures: dict[str, inspect.Signature] = {}
@@ -114,7 +116,10 @@ class Worker:
 
     async def main(self, ready: Callable[[], None] | None = None) -> int:
         loop = asyncio.get_running_loop()
+        # I/O threads: one fetches (and renews leases), one stores outcomes and acks, so
+        # that neither waits for the other's round trips; one waits for new messages.
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="celeriac-io")
+        self._ack_io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="celeriac-ack")
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="celeriac-wait")
         self._slots = asyncio.Semaphore(self.concurrency)
         self._stop = asyncio.Event()
@@ -156,6 +161,7 @@ class Worker:
         finally:
             self.executor.shutdown()
             self._waiter.shutdown(wait=False)
+            self._ack_io.shutdown(wait=True)
             self._io.shutdown(wait=True)
         log.info("worker stopped after %d tasks", self.processed)
         return 0
@@ -187,9 +193,11 @@ class Worker:
             ", ".join(names),
         )
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a broker or backend call in the I/O thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+    async def _call(
+        self, fn: Callable[..., T], *args: Any, thread: concurrent.futures.Executor | None = None
+    ) -> T:
+        """Run a broker or backend call in an I/O thread (the fetching one by default)."""
+        return await asyncio.get_running_loop().run_in_executor(thread or self._io, fn, *args)
 
     # Fetching ------------------------------------------------------------------------------
 
@@ -238,7 +246,7 @@ class Worker:
         broker = self.app.broker
         while True:
             await asyncio.sleep(self.lease / 3)
-            held = list(self.held.values())
+            held = [d for key, d in self.held.items() if key not in self._finishing]
             if not held:
                 continue
             try:
@@ -474,11 +482,15 @@ class Worker:
     # Storing outcomes and acking -------------------------------------------------------------
 
     def _finish(self, delivery: Delivery, meta: TaskMeta | None) -> None:
+        # Being acked: the heartbeat leaves it alone (a renewal racing the ack would fail).
+        self._finishing.add((delivery.id, delivery.attempt))
         self._finished.append(_Finished(delivery, meta))
         self._have_finished.set()
 
     def _drop_held(self, delivery: Delivery) -> None:
-        self.held.pop((delivery.id, delivery.attempt), None)
+        key = (delivery.id, delivery.attempt)
+        self.held.pop(key, None)
+        self._finishing.discard(key)
         self.processed += 1
         self._room.set()
 
@@ -509,7 +521,7 @@ class Worker:
             return broker.ack(deliveries)
 
         try:
-            acked = await self._call(store_and_ack)
+            acked = await self._call(store_and_ack, thread=self._ack_io)
         except CeleriacError as exc:
             # Not acked: no longer renewed, so the messages run again once their lease ends.
             log.error("could not store outcomes / ack %d messages: %s", len(batch), exc)
