@@ -4,13 +4,16 @@
                                `result_expires` (by Redis itself), others do not
     <prefix>:done:<task id>    channel: a message when the task reaches a ready state
 
-`wait` subscribes first, then reads the key, then waits for the message: a result stored
-between the two steps is never missed, and nothing polls.
+`wait` reads the key; if the task is not done it subscribes, reads the key again, then
+waits for the message: a result stored between the steps is never missed, and nothing
+polls. Each thread keeps its pub/sub connection open between waits.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -45,6 +48,7 @@ class RedisBackend(ResultBackend):
         self.prefix = prefix
         self.client = connect(url)
         self._store = self.client.register_script(STORE)
+        self._local = threading.local()
 
     def _key(self, task_id: str) -> str:
         return f"{self.prefix}:r:{task_id}"
@@ -74,10 +78,14 @@ class RedisBackend(ResultBackend):
         return self._decode(task_id, call(self.url, lambda: self.client.get(self._key(task_id))))
 
     def wait(self, task_id: str, timeout: float | None, interval: float = 0.05) -> TaskMeta:
+        meta = self.get(task_id)
+        if meta is not None and meta.ready:
+            return meta  # no need to subscribe for a task that is done
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._pubsub()
+        channel = f"{self.prefix}:done:{task_id}"
+        call(self.url, lambda: pubsub.subscribe(channel))
         try:
-            call(self.url, lambda: pubsub.subscribe(f"{self.prefix}:done:{task_id}"))
             while True:
                 meta = self.get(task_id)
                 if meta is not None and meta.ready:
@@ -85,12 +93,22 @@ class RedisBackend(ResultBackend):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"task {task_id} not ready after {timeout}s")
-                # Wake at least every second to re-read the key: a belt to the channel's
-                # braces, should a message be lost with a dropped connection.
+                # Any message (even a late one for an earlier wait on this connection) just
+                # makes us read the key again; so does a second without one, in case a
+                # message was lost with a dropped connection.
                 pause = 1.0 if remaining is None else min(1.0, remaining)
                 call(self.url, functools.partial(pubsub.get_message, timeout=pause))
         finally:
-            pubsub.close()
+            call(self.url, lambda: pubsub.unsubscribe(channel))
+
+    def _pubsub(self) -> Any:
+        """This thread's pub/sub connection, kept open between waits (opening one costs
+        more than the whole wait for a task that is nearly done)."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            local.pid = os.getpid()
+        return local.pubsub
 
     def forget(self, task_id: str) -> None:
         call(self.url, lambda: self.client.delete(self._key(task_id)))
