@@ -53,11 +53,16 @@ class RedisBackend(ResultBackend):
     def _key(self, task_id: str) -> str:
         return f"{self.prefix}:r:{task_id}"
 
-    def store(self, metas: Sequence[TaskMeta]) -> None:
+    def store_args(self, metas: Sequence[TaskMeta]) -> list[Any]:
+        """The arguments of the STORE script (also used by the worker's asyncio client)."""
         args: list[Any] = [self.prefix, max(1, int(self.expires * 1000))]
         for m in metas:
             value = dumps([m.state, m.task, m.result, m.traceback, m.info, m.date_done])
             args += [m.task_id, "1" if m.ready else "0", value]
+        return args
+
+    def store(self, metas: Sequence[TaskMeta]) -> None:
+        args = self.store_args(metas)
         call(self.url, lambda: self._store(keys=[], args=args))
 
     @staticmethod

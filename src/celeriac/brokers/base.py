@@ -23,6 +23,10 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..backends.base import ResultBackend
 
 MAX_PRIORITY = 9
 DEFAULT_MAX_LEASE_EXPIRIES = 3
@@ -143,6 +147,12 @@ class Broker(ABC):
         seconds pass. Brokers that can be told (a wake-up list, LISTEN/NOTIFY) return
         early; this default just sleeps, making an idle worker poll."""
         time.sleep(timeout)
+
+    def on_loop(self, backend: ResultBackend | None) -> Any:
+        """The worker's hot path (fetch, renew, wait, store and ack) as coroutines on the
+        running event loop, for a broker with an asyncio client (see `worker/io.py`);
+        None, the default, makes the worker run the methods above in I/O threads."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

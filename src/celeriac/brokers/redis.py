@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import importlib.resources
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from ..backends.base import ResultBackend, TaskMeta
 from ..exceptions import BrokerError, ConfigurationError
 from .base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+
+if TYPE_CHECKING:
+    from ..backends.redis import RedisBackend
 
 T = TypeVar("T")
 DURABLE_TIMEOUT_MS = 5000
@@ -66,7 +70,7 @@ class RedisBroker(Broker):
         self._script = self.client.register_script(SCRIPT)
 
     def _run(self, op: str, *args: Any) -> Any:
-        argv = [op, self.prefix, repr(self.clock()), *args]
+        argv = self.argv(op, *args)
         return call(self.url, lambda: self._script(keys=[], args=argv))
 
     def publish(self, messages: Sequence[Outgoing]) -> None:
@@ -122,31 +126,50 @@ class RedisBroker(Broker):
             )
         return found
 
-    def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
-        if not queues or limit <= 0:
-            return []
+    # The arguments of each script call and the parsing of its reply are written once, here,
+    # and used by this synchronous client and by the worker's asyncio one (`RedisLoopIO`).
+
+    def argv(self, op: str, *args: Any) -> list[Any]:
+        return [op, self.prefix, repr(self.clock()), *args]
+
+    def fetch_args(self, queues: Sequence[str], limit: int, lease: float) -> list[Any]:
         unique = list(dict.fromkeys(queues))
         deadline = repr(self.clock() + lease)
-        flat = self._run("fetch", deadline, limit, self.max_lease_expiries, *unique)
+        return self.argv("fetch", deadline, limit, self.max_lease_expiries, *unique)
+
+    @staticmethod
+    def deliveries(flat: list[Any]) -> list[Delivery]:
         return [
             Delivery(flat[i].decode(), flat[i + 1].decode(), flat[i + 2], flat[i + 3], flat[i + 4])
             for i in range(0, len(flat), 5)
         ]
 
-    @staticmethod
-    def _pairs(deliveries: Sequence[Delivery]) -> list[Any]:
-        return [x for d in deliveries for x in (d.id, d.attempt)]
+    def renew_args(self, deliveries: Sequence[Delivery], lease: float) -> list[Any]:
+        return self.argv("renew", repr(self.clock() + lease), *_pairs(deliveries))
+
+    def ack_args(self, deliveries: Sequence[Delivery]) -> list[Any]:
+        return self.argv("ack", *_pairs(deliveries))
+
+    def wake_keys(self, queues: Sequence[str]) -> list[str]:
+        return [f"{self.prefix}:wake:{q}" for q in queues]
+
+    def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
+        if not queues or limit <= 0:
+            return []
+        args = self.fetch_args(queues, limit, lease)
+        return self.deliveries(call(self.url, lambda: self._script(keys=[], args=args)))
 
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
         if not deliveries:
             return []
-        deadline = repr(self.clock() + lease)
-        return [bool(x) for x in self._run("renew", deadline, *self._pairs(deliveries))]
+        args = self.renew_args(deliveries, lease)
+        return [bool(x) for x in call(self.url, lambda: self._script(keys=[], args=args))]
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
         if not deliveries:
             return []
-        return [bool(x) for x in self._run("ack", *self._pairs(deliveries))]
+        args = self.ack_args(deliveries)
+        return [bool(x) for x in call(self.url, lambda: self._script(keys=[], args=args))]
 
     def nack(self, delivery: Delivery, delay: float = 0.0, body: bytes | None = None) -> bool:
         eta = repr(self.clock() + delay)
@@ -155,7 +178,7 @@ class RedisBroker(Broker):
 
     def release(self, deliveries: Sequence[Delivery]) -> None:
         if deliveries:
-            self._run("release", *self._pairs(deliveries))
+            self._run("release", *_pairs(deliveries))
 
     def dead_letter(self, delivery: Delivery, reason: str) -> bool:
         return bool(self._run("dead_letter", delivery.id, delivery.attempt, reason))
@@ -190,8 +213,76 @@ class RedisBroker(Broker):
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Block until a message is published to one of the queues, or `timeout` passes."""
-        keys = [f"{self.prefix}:wake:{q}" for q in queues]
+        keys = self.wake_keys(queues)
         call(self.url, lambda: self.client.blpop(keys, timeout=max(timeout, 0.01)))
+
+    def on_loop(self, backend: ResultBackend | None) -> RedisLoopIO | None:
+        from ..backends.redis import RedisBackend
+
+        if backend is not None and not isinstance(backend, RedisBackend):
+            return None  # results elsewhere: the worker's threads serve both
+        return RedisLoopIO(self, backend)
 
     def close(self) -> None:
         self.client.close()
+
+
+def _pairs(deliveries: Sequence[Delivery]) -> list[Any]:
+    return [x for d in deliveries for x in (d.id, d.attempt)]
+
+
+class RedisLoopIO:
+    """The worker's hot path on its event loop, with redis-py's asyncio client: the same
+    script, arguments and reply parsing as `RedisBroker`, without a thread hop."""
+
+    def __init__(self, broker: RedisBroker, backend: RedisBackend | None) -> None:
+        from redis.asyncio import Redis
+
+        from ..backends.redis import STORE
+
+        self.broker = broker
+        self.backend = backend
+        self.client = Redis.from_url(broker.url)
+        self.script = self.client.register_script(SCRIPT)
+        self.results = None
+        if backend is not None:
+            same = backend.url == broker.url
+            self.results = self.client if same else Redis.from_url(backend.url)
+            self.store_script = self.results.register_script(STORE)
+
+    async def _call(self, url: str, call: Any) -> Any:
+        import redis
+
+        try:
+            return await call
+        except redis.RedisError as exc:
+            raise BrokerError(f"Redis at {redacted(url)}: {exc}") from exc
+
+    async def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
+        args = self.broker.fetch_args(queues, limit, lease)
+        return self.broker.deliveries(
+            await self._call(self.broker.url, self.script(keys=[], args=args))
+        )
+
+    async def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
+        args = self.broker.renew_args(deliveries, lease)
+        return [bool(x) for x in await self._call(self.broker.url, self.script(keys=[], args=args))]
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        keys = self.broker.wake_keys(queues)
+        await self._call(self.broker.url, self.client.blpop(keys, timeout=max(timeout, 0.01)))
+
+    async def store_and_ack(
+        self, metas: Sequence[TaskMeta], deliveries: Sequence[Delivery]
+    ) -> list[bool]:
+        """Store outcomes, then ack their messages: never the other way round."""
+        if metas and self.backend is not None and self.results is not None:
+            store = self.store_script(keys=[], args=self.backend.store_args(metas))
+            await self._call(self.backend.url, store)
+        args = self.broker.ack_args(deliveries)
+        return [bool(x) for x in await self._call(self.broker.url, self.script(keys=[], args=args))]
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        if self.results is not None and self.results is not self.client:
+            await self.results.aclose()

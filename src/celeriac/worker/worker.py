@@ -18,7 +18,6 @@ signal) everything still held is handed back at once.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import inspect
 import logging
@@ -39,6 +38,7 @@ from ..envelope import Envelope, decode, dumps, encode
 from ..exceptions import CeleriacError, ConfigurationError, DecodeError, EncodeError, NotRegistered
 from ..task import Request, Task, current_request
 from .executors import Outcome, ProcessExecutor, ThreadExecutor, run_async
+from .io import LoopIO, ThreadedIO
 from .supervisor import SUPERVISED_ENV
 
 log = logging.getLogger("celeriac.worker")
@@ -116,11 +116,9 @@ class Worker:
 
     async def main(self, ready: Callable[[], None] | None = None) -> int:
         loop = asyncio.get_running_loop()
-        # I/O threads: one fetches (and renews leases), one stores outcomes and acks, so
-        # that neither waits for the other's round trips; one waits for new messages.
-        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="celeriac-io")
-        self._ack_io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="celeriac-ack")
-        self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="celeriac-wait")
+        broker, backend = self.app.broker, self.app.backend  # connects, creates tables
+        self.threads = ThreadedIO(broker, backend)
+        self.io: LoopIO = broker.on_loop(backend) or self.threads
         self._slots = asyncio.Semaphore(self.concurrency)
         self._stop = asyncio.Event()
         self._hard_stop = asyncio.Event()
@@ -144,11 +142,9 @@ class Worker:
                 else:
                     loop.add_signal_handler(sig, self.request_stop)
         try:
-            # Connect (and create tables) before saying we are ready.
-            await self._call(lambda: (self.app.broker, self.app.backend))
             self.tasks = await self._call(lambda: self.app.tasks)
             self._banner()
-            for warning in await self._call(self.app.broker.warnings):
+            for warning in await self._call(broker.warnings):
                 log.warning("%s", warning)
             if ready is not None:
                 ready()
@@ -160,9 +156,9 @@ class Worker:
             acker.cancel()
         finally:
             self.executor.shutdown()
-            self._waiter.shutdown(wait=False)
-            self._ack_io.shutdown(wait=True)
-            self._io.shutdown(wait=True)
+            if self.io is not self.threads:
+                await self.io.close()
+            await self.threads.close()
         log.info("worker stopped after %d tasks", self.processed)
         return 0
 
@@ -193,16 +189,13 @@ class Worker:
             ", ".join(names),
         )
 
-    async def _call(
-        self, fn: Callable[..., T], *args: Any, thread: concurrent.futures.Executor | None = None
-    ) -> T:
-        """Run a broker or backend call in an I/O thread (the fetching one by default)."""
-        return await asyncio.get_running_loop().run_in_executor(thread or self._io, fn, *args)
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a synchronous broker or backend call in the fetching I/O thread."""
+        return await self.threads.call(fn, *args)
 
     # Fetching ------------------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
-        broker = self.app.broker
         idle_pause = 0.001
         while not self._stop.is_set():
             room = self.capacity - len(self.held)
@@ -211,7 +204,7 @@ class Worker:
                 await self._room.wait()
                 continue
             try:
-                deliveries = await self._call(broker.fetch, self.queues, room, self.lease)
+                deliveries = await self.io.fetch(self.queues, room, self.lease)
             except CeleriacError as exc:
                 log.error("fetch failed, retrying in 1s: %s", exc)
                 deliveries = []
@@ -231,26 +224,25 @@ class Worker:
         """Nothing to fetch: wait until the broker says a message arrived (it may return
         early), `timeout` passes, or we are asked to stop. In a thread of its own, so that
         acks and lease renewals in the I/O thread are never held up by it."""
-        waiting: asyncio.Future[None] = asyncio.get_running_loop().run_in_executor(
-            self._waiter, self.app.broker.wait, self.queues, timeout
-        )
+        waiting: asyncio.Future[None] = asyncio.ensure_future(self.io.wait(self.queues, timeout))
         stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait([waiting, stop], return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
-        if waiting.done() and waiting.exception() is not None:
+        if not waiting.done():
+            waiting.cancel()
+        elif waiting.exception() is not None:
             log.error("waiting for messages failed: %s", waiting.exception())
             await asyncio.sleep(min(timeout, 1.0))
 
     async def _heartbeat(self) -> None:
         """Renew the leases of every held message, every third of the lease."""
-        broker = self.app.broker
         while True:
             await asyncio.sleep(self.lease / 3)
             held = [d for key, d in self.held.items() if key not in self._finishing]
             if not held:
                 continue
             try:
-                owned = await self._call(broker.renew, held, self.lease)
+                owned = await self.io.renew(held, self.lease)
             except CeleriacError as exc:
                 log.error("lease renewal failed: %s", exc)
                 continue
@@ -510,18 +502,10 @@ class Worker:
         batch, self._finished = self._finished, []
         if not batch:
             return
-        backend = self.app.backend
-        broker = self.app.broker
         metas = [f.meta for f in batch if f.meta is not None]
         deliveries = [f.delivery for f in batch]
-
-        def store_and_ack() -> list[bool]:
-            if metas and backend is not None:
-                backend.store(metas)
-            return broker.ack(deliveries)
-
         try:
-            acked = await self._call(store_and_ack, thread=self._ack_io)
+            acked = await self.io.store_and_ack(metas, deliveries)
         except CeleriacError as exc:
             # Not acked: no longer renewed, so the messages run again once their lease ends.
             log.error("could not store outcomes / ack %d messages: %s", len(batch), exc)
