@@ -2,11 +2,11 @@
 
     fetch (batch, leased)  ->  run (loop | threads | processes)  ->  store outcome  ->  ack
 
-Broker and backend calls run in I/O threads (one fetches, one stores and acks), so a slow
-disk or network never blocks the loop and the loop is free to run `async def` tasks and
-the heartbeat. The
-heartbeat renews the leases of every message this process holds: it runs on the loop, not
-in a task's thread, so a task that computes for minutes is not taken for a dead worker.
+Broker and backend calls never block the loop: they run on it through an asyncio client
+where the broker has one (Redis), else in I/O threads (`io.py`). So the loop is always free
+to run `async def` tasks and the heartbeat, which renews the leases of every message this
+process holds — on the loop, not in a task's thread, so that a task that computes for
+minutes is not taken for a dead worker.
 Outcomes are stored and acked in batches: a message is acked only after its outcome is
 stored, and an ack is fenced, so a worker whose lease was lost cannot ack over a new owner.
 
@@ -45,6 +45,7 @@ log = logging.getLogger("celeriac.worker")
 T = TypeVar("T")
 
 MAX_LOGGED_RESULT = 200
+MAX_SHAPES = 10_000  # argument shapes remembered as fitting (bounds memory)
 
 
 @dataclass
@@ -96,11 +97,12 @@ class Worker:
             raise ConfigurationError(f"the lease must be a positive number of seconds, not {lease}")
         self.capacity = self.concurrency * multiplier
         self.poll_interval = conf.broker_poll_interval
+        self.track_started = conf.task_track_started
         self.held: dict[tuple[str, int], Delivery] = {}  # fetched and not yet acked
         self._finishing: set[tuple[str, int]] = set()  # held, outcome known, ack under way
         self.running = 0
         self.processed = 0
-        self._signatures: dict[str, inspect.Signature] = {}
+        self._shapes_ok: set[tuple[Any, ...]] = set()
 
     # Running -------------------------------------------------------------------------------
 
@@ -222,8 +224,8 @@ class Worker:
 
     async def _idle(self, timeout: float) -> None:
         """Nothing to fetch: wait until the broker says a message arrived (it may return
-        early), `timeout` passes, or we are asked to stop. In a thread of its own, so that
-        acks and lease renewals in the I/O thread are never held up by it."""
+        early), `timeout` passes, or we are asked to stop. Acks and lease renewals go on
+        meanwhile: the wait has a connection (or thread) of its own."""
         waiting: asyncio.Future[None] = asyncio.ensure_future(self.io.wait(self.queues, timeout))
         stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
         await asyncio.wait([waiting, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -319,8 +321,7 @@ class Worker:
             envelope.headers,
             envelope.eta,
         )
-        track = self.app.conf.task_track_started
-        if track and self.app.backend is not None:
+        if self.track_started and self.app.backend is not None:
             meta = TaskMeta(envelope.id, states.STARTED, envelope.task)
             await self._call(self.app.backend.store, [meta])
         started = time.perf_counter()
@@ -329,16 +330,20 @@ class Worker:
         await self._record(delivery, envelope, task, outcome, runtime)
 
     def _check_arguments(self, task: Task[Any, Any], envelope: Envelope) -> None:
-        signature = self._signatures.get(task.name)
-        if signature is None:
-            signature = inspect.signature(task.fn)
-            if task.options.bind:  # the caller does not pass `self`
-                signature = signature.replace(parameters=list(signature.parameters.values())[1:])
-            self._signatures[task.name] = signature
+        """Do the arguments fit the function? Whether they bind depends only on how many
+        positional ones there are and which keywords, so each such shape is checked once."""
+        shape = (task.name, len(envelope.args), *envelope.kwargs)
+        if shape in self._shapes_ok:
+            return
+        signature = inspect.signature(task.fn)
+        if task.options.bind:  # the caller does not pass `self`
+            signature = signature.replace(parameters=list(signature.parameters.values())[1:])
         try:
             signature.bind(*envelope.args, **envelope.kwargs)
         except TypeError as exc:
             raise TypeError(f"arguments do not match {task.name}{signature}: {exc}") from None
+        if len(self._shapes_ok) < MAX_SHAPES:
+            self._shapes_ok.add(shape)
 
     async def _execute(self, task: Task[Any, Any], request: Request) -> Outcome:
         if task.is_async:
