@@ -11,7 +11,8 @@ import uuid
 import pytest
 
 REDIS_URL = os.environ.get("CELERIAC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-TEST_PREFIX = "celeriac-test"
+# One prefix per test session: a session cleans up its own keys and no other session's.
+TEST_PREFIX = f"celeriac-test:{uuid.uuid4().hex[:8]}"
 
 
 @functools.cache
@@ -44,7 +45,7 @@ def new_prefix() -> str:
 
 
 def delete_test_keys() -> None:
-    """Remove every key the tests made (all start with TEST_PREFIX)."""
+    """Remove every key this test session made (all start with TEST_PREFIX)."""
     if _redis_problem() is not None:
         return
     import redis

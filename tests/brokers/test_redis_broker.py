@@ -70,3 +70,18 @@ def test_cli_reports_an_unreachable_server_in_one_line() -> None:
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("celeriac: error: Redis at")
     assert "pw" not in out.stderr
+
+
+def test_a_message_whose_keys_were_deleted_is_skipped_not_fatal() -> None:
+    # Keys deleted by hand, or evicted under a maxmemory-policy other than noeviction.
+    broker = from_url(redis_url(), prefix=new_prefix())
+    broker.publish([Outgoing("a", "q", b"A"), Outgoing("b", "q", b"B"), Outgoing("c", "q", b"C")])
+    broker.client.delete(f"{broker.prefix}:m:a")
+    (b, c) = broker.fetch(["q"], 10, 0.01)
+    assert (b.id, c.id) == ("b", "c")
+    broker.client.delete(f"{broker.prefix}:m:b")  # gone while leased
+    assert broker.ack([c]) == [True]
+    assert broker.fetch(["q"], 10, 30) == []  # b's expired lease is dropped, not fatal
+    assert broker.stats() == {}
+    assert broker.client.keys(f"{broker.prefix}:m:*") == []
+    broker.close()

@@ -11,7 +11,8 @@ way RabbitMQ's Jepsen `total-queue` checker does:
 
     ok          sent, succeeded, ran once
     duplicated  sent, succeeded, started more than once
-    lost        sent, never succeeded (and not explained by the dead-letter rule)
+    lost        sent, no run finished with a stored SUCCESS (nor was it dead-lettered
+                after its lease expired the maximum number of times)
     unexpected  a run of an id that was never sent
 
 The invariant: 0 lost, 0 unexpected, and every duplicate is explained: all runs of the
@@ -45,7 +46,7 @@ import pytest
 from celeriac import Celeriac
 from celeriac.brokers import QueueStats
 from polling import wait_until
-from services import new_prefix, redis_url
+from services import redis_url
 
 TASKS = 5000
 WORKERS = 3
@@ -58,6 +59,11 @@ READY_TIMEOUT = 30.0  # a cold interpreter on a busy two-core machine
 RUN_DEADLINE = 90.0  # from the send to every result in
 QUEUE = "celeriac"
 READY_LINE = "celeriac worker ready"
+# Not services.new_prefix(): at its end every pytest session deletes all "celeriac-test:*"
+# keys (tests/services.py, delete_test_keys), also those of a session still running on
+# the same server, and a wipe in mid-run would look like thousands of lost tasks. This
+# test deletes its own keys at teardown.
+KEY_PREFIX = "celeriac-chaos"
 LEASE_EXPIRED = re.compile(r"lease expired (\d+) times")
 
 APP_MODULE = """\
@@ -218,6 +224,10 @@ def test_checker_classifies_every_case() -> None:
 # Worker processes ----------------------------------------------------------------------------
 
 
+class WorkerDied(Exception):
+    """A worker exited without being killed by the test: a failure in itself."""
+
+
 @dataclass
 class Worker:
     proc: subprocess.Popen[bytes]
@@ -232,7 +242,7 @@ class Worker:
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
-            raise AssertionError(
+            raise WorkerDied(
                 f"worker {self.pid} exited by itself with {self.proc.returncode}; log:\n"
                 + self.notable()
             )
@@ -272,6 +282,21 @@ class Project:
     def run_lines(self) -> list[str]:
         return self.runs.read_text().splitlines() if self.runs.exists() else []
 
+    def delete_keys(self) -> None:
+        """Remove this test's Redis keys (nothing to do on SQLite: tmp_path goes)."""
+        prefix = self.settings.get("broker_key_prefix")
+        if prefix is None:
+            return
+        import redis
+
+        client = redis.Redis.from_url(self.broker_url)
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            for start in range(0, len(keys), 500):
+                client.delete(*keys[start : start + 500])
+        finally:
+            client.close()
+
 
 def make_project(tmp_path: Path, broker_kind: str) -> Project:
     """Write a package with the app and the tasks module into `tmp_path`."""
@@ -286,7 +311,7 @@ def make_project(tmp_path: Path, broker_kind: str) -> Project:
     }
     if broker_kind == "redis":
         broker_url = redis_url()  # skips (fails in CI) without a server
-        settings["broker_key_prefix"] = new_prefix()
+        settings["broker_key_prefix"] = f"{KEY_PREFIX}:{uuid.uuid4().hex[:12]}"
     else:
         broker_url = f"sqlite:///{tmp_path / 'celeriac.db'}"
     (root / package / "__init__.py").write_text("")
@@ -365,6 +390,7 @@ def run_chaos(app: Celeriac, fleet: Fleet, rng: random.Random, deadline: float) 
     next_kill = time.monotonic() + rng.uniform(*KILL_EVERY)
 
     def next_step() -> str | None:
+        fleet.check_alive()
         if queue_stats(app).ready == 0:
             return "stop"
         return "kill" if time.monotonic() >= next_kill else None
@@ -377,7 +403,9 @@ def run_chaos(app: Celeriac, fleet: Fleet, rng: random.Random, deadline: float) 
         next_kill = kill_time + rng.uniform(*KILL_EVERY)
 
 
-def settle(app: Celeriac, expected: dict[str, int], deadline: float) -> tuple[set[str], dict]:
+def settle(
+    app: Celeriac, fleet: Fleet, expected: dict[str, int], deadline: float
+) -> tuple[set[str], dict[str, str]]:
     """Wait until the queue has nothing ready, delayed or leased and every task succeeded
     or was dead-lettered; return (succeeded ids, dead letters' reasons by id) as far as
     they got by the deadline: the checker says what is missing."""
@@ -387,6 +415,7 @@ def settle(app: Celeriac, expected: dict[str, int], deadline: float) -> tuple[se
     dead: dict[str, str] = {}
 
     def settled() -> bool:
+        fleet.check_alive()
         stats = queue_stats(app)
         if stats.ready or stats.leased or stats.delayed:
             return False
@@ -399,33 +428,35 @@ def settle(app: Celeriac, expected: dict[str, int], deadline: float) -> tuple[se
                     succeeded.add(task_id)
         return len(succeeded) + len(dead.keys() - succeeded) >= len(expected)
 
-    with contextlib.suppress(AssertionError):
+    with contextlib.suppress(AssertionError):  # a timeout; not WorkerDied
         wait_until(settled, max(1.0, deadline - time.monotonic()), "every task to finish")
     return succeeded, dead
 
 
 @pytest.fixture
-def fleets(tmp_path: Path) -> Iterator[list[Fleet]]:
-    made: list[Fleet] = []
+def cleanup() -> Iterator[list[Callable[[], None]]]:
+    """Things to undo at teardown, last first: kill every worker, then delete keys."""
+    undo: list[Callable[[], None]] = []
     try:
-        yield made
+        yield undo
     finally:
-        for fleet in made:
-            fleet.kill_all()
+        for step in reversed(undo):
+            step()
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("broker_kind", ["sqlite", "redis"])
 def test_sigkilled_workers_lose_nothing(
-    tmp_path: Path, broker_kind: str, fleets: list[Fleet]
+    tmp_path: Path, broker_kind: str, cleanup: list[Callable[[], None]]
 ) -> None:
     seed = int(os.environ.get("CELERIAC_CHAOS_SEED") or random.randrange(1 << 30))
     rng = random.Random(seed)
     print(f"\nworker-kill chaos: broker={broker_kind} seed={seed}")
     project = make_project(tmp_path, broker_kind)
+    cleanup.append(project.delete_keys)
     fleet = Fleet(project, tmp_path)
-    fleets.append(fleet)
+    cleanup.append(fleet.kill_all)
     app = Celeriac(broker=project.broker_url, set_as_current=False, **project.settings)
     try:
         began = time.monotonic()
@@ -440,7 +471,7 @@ def test_sigkilled_workers_lose_nothing(
         run_chaos(app, fleet, rng, deadline)
         chaos_seconds = time.monotonic() - sent_at
         # The survivors run what is left, and what the dead held once its lease ends.
-        succeeded, dead = settle(app, expected, deadline)
+        succeeded, dead = settle(app, fleet, expected, deadline)
         settled_seconds = time.monotonic() - sent_at
         fleet.check_alive()
         stats = queue_stats(app)
@@ -474,7 +505,7 @@ def test_sigkilled_workers_lose_nothing(
             f"{context}; {stats.dead} dead letters, {len(verdict.dead_lettered)} explained: {dead}"
         )
         assert fleet.killed, f"{context}; all done before the first kill: make the run longer"
-    except BaseException:
+    except Exception:
         fleet.dump()
         raise
     finally:

@@ -34,10 +34,12 @@ local function make_ready(id, queue, priority, eta, seq)
   redis.call('ZADD', P .. ':q:' .. queue, score, string.format('%016d', tonumber(seq)) .. ':' .. id)
 end
 
--- Put a message (its hash already written) in its queue's ready set.
+-- Put a message (its hash already written) in its queue's ready set. A message whose hash
+-- is gone (deleted by hand, or evicted by a maxmemory-policy other than noeviction) is
+-- dropped here and everywhere else: there is nothing left to run.
 local function requeue(id)
   local m = redis.call('HMGET', P .. ':m:' .. id, 'queue', 'priority', 'eta', 'seq')
-  make_ready(id, m[1], m[2], m[3], m[4])
+  if m[1] then make_ready(id, m[1], m[2], m[3], m[4]) end
 end
 
 local function id_of(member)
@@ -107,8 +109,10 @@ if op == 'fetch' then
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. ':leased', '-inf', now,
       'LIMIT', 0, 1000)) do
     redis.call('ZREM', P .. ':leased', id)
-    local expiries = redis.call('HINCRBY', P .. ':m:' .. id, 'expiries', 1)
-    if expiries >= max_expiries then
+    if redis.call('EXISTS', P .. ':m:' .. id) == 0 then
+      -- gone: see requeue
+    elseif redis.call('HINCRBY', P .. ':m:' .. id, 'expiries', 1) >= max_expiries then
+      local expiries = redis.call('HGET', P .. ':m:' .. id, 'expiries')
       bury(id, 'lease expired ' .. expiries .. ' times: its worker died or hung')
     else
       requeue(id)
@@ -132,14 +136,15 @@ if op == 'fetch' then
     local id = id_of(member)
     local mkey = P .. ':m:' .. id
     redis.call('ZREM', P .. ':q:' .. queue, member)
-    redis.call('ZADD', P .. ':leased', deadline, id)
-    local attempt = redis.call('HINCRBY', mkey, 'attempt', 1)
     local m = redis.call('HMGET', mkey, 'body', 'expiries')
-    table.insert(out, id)
-    table.insert(out, queue)
-    table.insert(out, m[1])
-    table.insert(out, attempt)
-    table.insert(out, tonumber(m[2]))
+    if m[1] then -- else gone: see requeue
+      redis.call('ZADD', P .. ':leased', deadline, id)
+      table.insert(out, id)
+      table.insert(out, queue)
+      table.insert(out, m[1])
+      table.insert(out, redis.call('HINCRBY', mkey, 'attempt', 1))
+      table.insert(out, tonumber(m[2]))
+    end
   end
   return out
 end

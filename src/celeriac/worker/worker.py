@@ -207,8 +207,12 @@ class Worker:
                 continue
             try:
                 deliveries = await self.io.fetch(self.queues, room, self.lease)
-            except CeleriacError as exc:
-                log.error("fetch failed, retrying in 1s: %s", exc)
+            except Exception as exc:  # the worker outlives any broker trouble
+                log.error(
+                    "fetch failed, retrying in 1s: %s",
+                    exc,
+                    exc_info=not isinstance(exc, CeleriacError),
+                )
                 deliveries = []
                 idle_pause = 1.0
             if deliveries:
@@ -245,7 +249,7 @@ class Worker:
                 continue
             try:
                 owned = await self.io.renew(held, self.lease)
-            except CeleriacError as exc:
+            except Exception as exc:  # the next beat tries again
                 log.error("lease renewal failed: %s", exc)
                 continue
             for delivery, ok in zip(held, owned, strict=True):
