@@ -2,11 +2,11 @@
 
     <prefix>:r:<task id>       the TaskMeta as JSON; ready states expire after
                                `result_expires` (by Redis itself), others do not
-    <prefix>:done:<task id>    channel: a message when the task reaches a ready state
+    <prefix>:done:<task id>    channel: the stored value, when the task reaches a ready state
 
-`wait` reads the key; if the task is not done it subscribes, reads the key again, then
-waits for the message: a result stored between the steps is never missed, and nothing
-polls. Each thread keeps its pub/sub connection open between waits.
+`wait` subscribes, then reads the key, then (if the task is not done) waits for the
+message, which carries the value: a result stored between the steps is never missed, and
+nothing polls. Each thread keeps its pub/sub connection open between waits.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ for i = 3, #ARGV, 3 do
   local key = P .. ':r:' .. ARGV[i]
   if ARGV[i + 1] == '1' then
     redis.call('SET', key, ARGV[i + 2], 'PX', ttl)
-    redis.call('PUBLISH', P .. ':done:' .. ARGV[i], '1')
+    redis.call('PUBLISH', P .. ':done:' .. ARGV[i], ARGV[i + 2])
   else
     redis.call('SET', key, ARGV[i + 2])
   end
@@ -83,28 +83,30 @@ class RedisBackend(ResultBackend):
         return self._decode(task_id, call(self.url, lambda: self.client.get(self._key(task_id))))
 
     def wait(self, task_id: str, timeout: float | None, interval: float = 0.05) -> TaskMeta:
-        meta = self.get(task_id)
-        if meta is not None and meta.ready:
-            return meta  # no need to subscribe for a task that is done
         deadline = None if timeout is None else time.monotonic() + timeout
         pubsub = self._pubsub()
         channel = f"{self.prefix}:done:{task_id}"
+        # SUBSCRIBE is only sent here (its reply is read with the messages), so subscribing
+        # first costs no round trip, and a result stored after it cannot be missed.
         call(self.url, lambda: pubsub.subscribe(channel))
         try:
-            while True:
-                meta = self.get(task_id)
-                if meta is not None and meta.ready:
-                    return meta
+            meta = self.get(task_id)
+            while meta is None or not meta.ready:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"task {task_id} not ready after {timeout}s")
-                # Any message (even a late one for an earlier wait on this connection) just
-                # makes us read the key again; so does a second without one, in case a
-                # message was lost with a dropped connection.
+                # Wake at least every second to read the key: a belt to the channel's
+                # braces, should a message be lost with a dropped connection.
                 pause = 1.0 if remaining is None else min(1.0, remaining)
-                call(self.url, functools.partial(pubsub.get_message, timeout=pause))
+                message = call(self.url, functools.partial(pubsub.get_message, timeout=pause))
+                if message is None or message.get("type") != "message":
+                    meta = self.get(task_id)
+                elif message["channel"].decode() == channel:  # the stored value itself
+                    meta = self._decode(task_id, message["data"])
+                # else: a late message for an earlier wait on this connection
+            return meta
         finally:
-            call(self.url, lambda: pubsub.unsubscribe(channel))
+            call(self.url, lambda: pubsub.unsubscribe(channel))  # sent, not waited for
 
     def _pubsub(self) -> Any:
         """This thread's pub/sub connection, kept open between waits (opening one costs
