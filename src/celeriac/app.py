@@ -205,6 +205,8 @@ class Celeriac:
     def route(self, task_name: str) -> str:
         """The queue for a task by `task_routes`, else the default queue."""
         routes = self.conf.task_routes
+        if not routes:
+            return self.conf.task_default_queue
         for table in routes if isinstance(routes, list | tuple) else [routes or {}]:
             if not isinstance(table, Mapping):
                 raise ConfigurationError(f"task_routes: expected a dict, got {table!r}")

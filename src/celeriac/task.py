@@ -156,10 +156,10 @@ class Task(Generic[P, R]):
         from .result import AsyncResult
 
         app = self.app
-        options = self.options
+        queue = self.options.queue or app.route(self.name)  # once for the whole batch
+        priority = self.options.priority
         envelopes = [
-            app.envelope(self.name, args, queue=options.queue, priority=options.priority)
-            for args in calls
+            app.envelope(self.name, args, queue=queue, priority=priority) for args in calls
         ]
         app.publish(envelopes)
         return [AsyncResult(e.id, app, self.name) for e in envelopes]

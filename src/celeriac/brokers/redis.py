@@ -244,17 +244,18 @@ class RedisLoopIO:
         self.backend = backend
         self.client = Redis.from_url(broker.url)
         self.script = self.client.register_script(SCRIPT)
-        self.results = None
+        self.results = None  # the results server's client, when results are kept
         if backend is not None:
             same = backend.url == broker.url
             self.results = self.client if same else Redis.from_url(backend.url)
             self.store_script = self.results.register_script(STORE)
 
-    async def _call(self, url: str, call: Any) -> Any:
+    async def _call(self, url: str, pending: Any) -> Any:
+        """Await a Redis call; a Redis failure becomes a `BrokerError` naming the server."""
         import redis
 
         try:
-            return await call
+            return await pending
         except redis.RedisError as exc:
             raise BrokerError(f"Redis at {redacted(url)}: {exc}") from exc
 
