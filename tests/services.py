@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +43,12 @@ def redis_url() -> str:
 
 def new_prefix() -> str:
     return f"{TEST_PREFIX}:{uuid.uuid4().hex[:12]}"
+
+
+def prefix_for(tmp_path: Path) -> str:
+    """The same prefix for every broker or backend of one test (each test has its own
+    tmp_path), so that two objects made by one test share their queues."""
+    return f"{TEST_PREFIX}:{tmp_path.name}:{abs(hash(str(tmp_path))):x}"
 
 
 def delete_test_keys() -> None:

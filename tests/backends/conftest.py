@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 from celeriac.backends import ResultBackend, from_url
-from services import TEST_PREFIX, redis_url
+from services import prefix_for, redis_url
 
 T = TypeVar("T")
 
@@ -41,8 +41,7 @@ def _sqlite(tmp_path: Path, options: dict[str, Any]) -> ResultBackend:
 
 
 def _redis(tmp_path: Path, options: dict[str, Any]) -> ResultBackend:
-    prefix = f"{TEST_PREFIX}:{tmp_path.name}:{abs(hash(str(tmp_path))):x}"
-    return from_url(redis_url(), prefix=prefix, **options)
+    return from_url(redis_url(), prefix=prefix_for(tmp_path), **options)
 
 
 BACKEND_KINDS = [

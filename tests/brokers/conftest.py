@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from celeriac.brokers import Broker, from_url
-from services import TEST_PREFIX, redis_url
+from services import prefix_for, redis_url
 
 T = TypeVar("T")
 
@@ -65,9 +65,7 @@ def _sqlite(tmp_path: Path, options: dict[str, Any]) -> Broker:
 
 
 def _redis(tmp_path: Path, options: dict[str, Any]) -> Broker:
-    # One prefix per test (from its tmp_path), so two objects of one test share queues.
-    prefix = f"{TEST_PREFIX}:{tmp_path.name}:{abs(hash(str(tmp_path))):x}"
-    return from_url(redis_url(), prefix=prefix, **options)
+    return from_url(redis_url(), prefix=prefix_for(tmp_path), **options)
 
 
 BROKER_KINDS = [
