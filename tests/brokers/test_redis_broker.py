@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from celeriac.brokers import Outgoing, from_url
 from celeriac.brokers.redis import redacted
 from celeriac.exceptions import BrokerError, ConfigurationError
+from polling import wait_until
 from services import new_prefix, redis_url
 
 
@@ -85,3 +89,58 @@ def test_a_message_whose_keys_were_deleted_is_skipped_not_fatal() -> None:
     assert broker.stats() == {}
     assert broker.client.keys(f"{broker.prefix}:m:*") == []
     broker.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Path]:
+    """A Redis server of this test's own, on a unix socket, with an ACL user alice."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    socket = tmp_path / "redis.sock"
+    proc = subprocess.Popen(
+        [
+            server,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(socket),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+            "--user",
+            "alice",
+            "on",
+            ">s3cret",
+            "~*",
+            "&*",
+            "+@all",
+            "--user",
+            "default",
+            "off",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(socket.exists, 10, "the private Redis server's socket")
+        yield socket
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_unix_socket_and_acl_user(private_redis: Path) -> None:
+    url = f"unix://alice:s3cret@{private_redis}?db=0"
+    broker = from_url(url, prefix=new_prefix())
+    broker.publish([Outgoing("m", "q", b"body")])
+    (delivery,) = broker.fetch(["q"], 1, 30)
+    assert delivery.body == b"body"
+    assert broker.ack([delivery]) == [True]
+    broker.close()
+    wrong = from_url(f"unix://alice:wrong@{private_redis}?db=0", prefix=new_prefix())
+    with pytest.raises(BrokerError) as info:
+        wrong.fetch(["q"], 1, 30)
+    assert "wrong" not in str(info.value)
