@@ -11,6 +11,7 @@ import contextvars
 import dataclasses
 import datetime as dt
 import inspect
+import random
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -49,16 +50,27 @@ class TaskOptions:
     default_retry_delay: float = 180.0
     ignore_result: bool | None = None  # None: the app's task_ignore_result
     acks_late: bool = True  # accepted for Celery code; Celeriac always acks after the outcome
+    # Retry by itself on these exceptions, as if the task had called `self.retry(exc=...)`.
+    autoretry_for: tuple[type[BaseException], ...] = ()
+    # Wait 1, 2, 4, ... seconds (or factor * 2**retries for a number) instead of
+    # default_retry_delay, at most retry_backoff_max; with retry_jitter, a random part of it.
+    retry_backoff: bool | float = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+
+    def retry_delay(self, retries: int) -> float:
+        """Seconds to wait before retry number `retries + 1` of an automatic retry."""
+        if not self.retry_backoff:
+            return self.default_retry_delay
+        factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
+        delay = min(self.retry_backoff_max, factor * 2**retries)
+        return random.uniform(0, delay) if self.retry_jitter else delay
 
 
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(TaskOptions))
 # Celery options that later Celeriac releases add: refused with a message that says so.
 NOT_YET = frozenset(
     {
-        "autoretry_for",
-        "retry_backoff",
-        "retry_backoff_max",
-        "retry_jitter",
         "rate_limit",
         "time_limit",
         "soft_time_limit",
@@ -78,6 +90,15 @@ def make_options(options: dict[str, Any]) -> TaskOptions:
     priority = options.get("priority")
     if priority is not None and not 0 <= priority <= 9:
         raise ConfigurationError(f"task option priority={priority!r} must be between 0 and 9")
+    if "autoretry_for" in options:
+        kinds = options["autoretry_for"]
+        kinds = tuple(kinds) if isinstance(kinds, list | tuple) else (kinds,)
+        if not all(isinstance(k, type) and issubclass(k, BaseException) for k in kinds):
+            raise ConfigurationError(
+                f"task option autoretry_for={options['autoretry_for']!r} must be exception"
+                " classes, e.g. autoretry_for=(ConnectionError,)"
+            )
+        options = {**options, "autoretry_for": kinds}
     return TaskOptions(**options)
 
 

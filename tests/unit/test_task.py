@@ -191,3 +191,23 @@ def test_send_many_sends_nothing_if_one_call_is_bad(app: Celeriac) -> None:
     with pytest.raises(EncodeError):
         app.send_many([("t", [1], {}), ("t", [object()], {})])
     assert app.broker.stats() == {}
+
+
+def test_retry_backoff_doubles_up_to_the_maximum() -> None:
+    from celeriac.task import make_options
+
+    plain = make_options({"default_retry_delay": 7})
+    assert [plain.retry_delay(n) for n in range(3)] == [7, 7, 7]
+    exact = make_options({"retry_backoff": True, "retry_jitter": False, "retry_backoff_max": 5})
+    assert [exact.retry_delay(n) for n in range(5)] == [1, 2, 4, 5, 5]
+    factor = make_options({"retry_backoff": 3, "retry_jitter": False})
+    assert [factor.retry_delay(n) for n in range(3)] == [3, 6, 12]
+    jittered = make_options({"retry_backoff": True, "retry_backoff_max": 8})
+    assert all(0 <= jittered.retry_delay(n) <= min(8, 2**n) for n in range(10) for _ in range(20))
+
+
+def test_autoretry_for_must_name_exception_classes() -> None:
+    with pytest.raises(ConfigurationError, match=r"autoretry_for=.* must be exception classes"):
+
+        @shared_task(autoretry_for=("ConnectionError",))
+        def f() -> None: ...

@@ -247,3 +247,29 @@ def test_a_result_over_the_size_limit_is_a_failure(app: Celeriac, worker_for: An
 
     with worker_for(app), pytest.raises(TaskFailed, match="ResultTooLarge: the result is 1002"):
         big.delay().get(timeout=10)
+
+
+def test_autoretry_for_retries_then_succeeds_or_fails(any_app: Celeriac, worker_for: Any) -> None:
+    attempts: list[int] = []
+
+    @any_app.task(bind=True, autoretry_for=(ConnectionError,), max_retries=2, default_retry_delay=0)
+    def flaky(self: Any, fail_times: int) -> int:
+        attempts.append(self.request.retries)
+        if self.request.retries < fail_times:
+            raise ConnectionError("service down")
+        return self.request.retries
+
+    @any_app.task(autoretry_for=(ConnectionError,))
+    def other_error() -> None:
+        raise KeyError("not retried")
+
+    with worker_for(any_app):
+        assert flaky.delay(2).get(timeout=10) == 2
+        assert attempts == [0, 1, 2]
+        attempts.clear()
+        with pytest.raises(TaskFailed, match="ConnectionError: service down") as info:
+            flaky.delay(5).get(timeout=10)
+        assert attempts == [0, 1, 2]  # the first run and max_retries=2 retries
+        assert "raise ConnectionError" in (info.value.traceback or "")
+        with pytest.raises(TaskFailed, match="KeyError"):
+            other_error.delay().get(timeout=10)

@@ -47,6 +47,19 @@ def _retry(exc: Retry) -> Outcome:
     return Outcome("retry", error_message=reason, countdown=exc.countdown)
 
 
+def _failed(task: Task[Any, Any], request: Request, exc: Exception) -> Outcome:
+    """A task raised: retry it if it asked for that (`autoretry_for`), else a failure.
+    Called inside the `except` block, so the traceback is the task's."""
+    if task.options.autoretry_for and isinstance(exc, task.options.autoretry_for):
+        try:
+            task.retry(exc=exc, countdown=task.options.retry_delay(request.retries))
+        except Retry as again:
+            return _retry(again)
+        except Exception:  # retries exhausted: task.retry re-raised exc
+            pass
+    return _failure(exc)
+
+
 def run_sync(task: Task[Any, Any], request: Request) -> Outcome:
     token = current_request.set(request)
     try:
@@ -54,7 +67,7 @@ def run_sync(task: Task[Any, Any], request: Request) -> Outcome:
     except Retry as exc:
         return _retry(exc)
     except Exception as exc:
-        return _failure(exc)
+        return _failed(task, request, exc)
     finally:
         current_request.reset(token)
 
@@ -66,7 +79,7 @@ async def run_async(task: Task[Any, Any], request: Request) -> Outcome:
     except Retry as exc:
         return _retry(exc)
     except Exception as exc:
-        return _failure(exc)
+        return _failed(task, request, exc)
 
 
 class ThreadExecutor:
