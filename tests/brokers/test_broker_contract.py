@@ -583,3 +583,45 @@ def test_a_second_broker_object_sees_the_same_queues(
     assert broker.fetch([queue], 1, LEASE) == []
     assert broker.ack([d]) == [True]  # the lease lives in the broker, not the object
     assert other.stats().get(queue) is None
+
+
+def _bury(broker: Broker, queue: str, names: Sequence[str]) -> None:
+    broker.publish([out(queue, n, priority=7) for n in names])
+    for d in fetch_all(broker, [queue]):
+        assert broker.dead_letter(d, f"reason {d.id}")
+
+
+def test_replay_puts_dead_letters_back(broker: Broker, queue: str, new_queue: Any) -> None:
+    other = new_queue()
+    _bury(broker, queue, ["a", "b", "c"])
+    _bury(broker, other, ["x"])
+    assert broker.replay(["b"]) == 1
+    [d] = fetch_all(broker, [queue])
+    assert (d.id, d.attempt, d.lease_expiries) == ("b", 1, 0)
+    assert d.body == out(queue, "b").body  # the original bytes
+    assert sorted(dl.id for dl in broker.dead_letters(queue)) == ["a", "c"]
+    assert broker.replay(queue=queue) == 2
+    assert sorted(ids(fetch_all(broker, [queue]))) == ["a", "c"]
+    assert broker.dead_letters(queue) == []
+    assert [dl.id for dl in broker.dead_letters(other)] == ["x"]  # other queues untouched
+    assert broker.replay([]) == 0
+    assert broker.replay(["nope"]) == 0
+
+
+def test_replay_skips_an_id_that_is_queued_again(broker: Broker, queue: str) -> None:
+    _bury(broker, queue, ["a"])
+    broker.publish([out(queue, "a", b"new")])
+    assert broker.replay(["a"]) == 0
+    assert [dl.id for dl in broker.dead_letters(queue)] == ["a"]
+    assert [d.body for d in fetch_all(broker, [queue])] == [b"new"]
+
+
+def test_purge_dead(broker: Broker, queue: str, new_queue: Any) -> None:
+    other = new_queue()
+    _bury(broker, queue, ["a", "b"])
+    _bury(broker, other, ["x"])
+    assert broker.purge_dead(queue) == 2
+    assert broker.dead_letters(queue) == []
+    assert stats_of(broker, queue) == QueueStats()
+    assert broker.purge_dead(other) == 1
+    assert broker.dead_letters(other) == []

@@ -326,3 +326,33 @@ def test_purge_of_another_queue_leaves_the_default_alone(run: Run, project: Proj
     assert queue_table(run("-A", project.package, "inspect", "queues").stdout) == {
         "celeriac": {"ready": 1, "delayed": 0, "running": 0, "dead": 0}
     }
+
+
+def test_dlq_list_show_replay_purge(run: Run, project: Project, tmp_path: Path) -> None:
+    from celeriac.brokers import Outgoing, from_url
+
+    broker = from_url(f"sqlite:///{tmp_path}/celeriac.db")
+    broker.publish([Outgoing(f"m{n}", "celeriac", f"body {n}".encode()) for n in range(3)])
+    for delivery in broker.fetch(["celeriac"], 10, 30):
+        broker.dead_letter(delivery, f"TypeError: bad {delivery.id}")
+    pkg = ["-A", project.package]
+
+    listed = run(*pkg, "dlq", "list")
+    assert listed.returncode == 0
+    assert sorted(line.split()[0] for line in listed.stdout.splitlines()) == ["m0", "m1", "m2"]
+    assert "TypeError: bad m1" in listed.stdout
+
+    shown = run(*pkg, "dlq", "show", "m1")
+    assert "reason:  TypeError: bad m1" in shown.stdout
+    assert "message: body 1" in shown.stdout
+    assert_one_line_error(run(*pkg, "dlq", "show", "nope"))
+    assert_one_line_error(run(*pkg, "dlq", "replay"))  # neither ids nor --all
+
+    assert run(*pkg, "dlq", "replay", "m1").stdout.strip() == "replayed 1 dead letters"
+    assert [d.id for d in broker.fetch(["celeriac"], 10, 30)] == ["m1"]
+
+    assert_one_line_error(run(*pkg, "dlq", "purge"))  # asks; stdin is no terminal
+    assert run(*pkg, "dlq", "purge", "-f").stdout.strip() == "deleted 2 dead letters"
+    assert run(*pkg, "dlq", "list").stdout.strip() == "no dead letters"
+    assert run(*pkg, "dlq", "--help").returncode == 0
+    broker.close()

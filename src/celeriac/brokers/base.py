@@ -131,6 +131,16 @@ class Broker(ABC):
         """The newest dead letters first, optionally of one queue."""
 
     @abstractmethod
+    def replay(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        """Put dead letters back in their queues (all, or those with these ids, of one
+        queue or all), as new messages at priority 0, due now; return how many. A dead
+        letter whose id is queued again already stays where it is."""
+
+    @abstractmethod
+    def purge_dead(self, queue: str | None = None) -> int:
+        """Delete the dead letters (of one queue, or all); return how many."""
+
+    @abstractmethod
     def purge(self, queue: str) -> int:
         """Delete the ready and delayed messages of a queue (not leased ones); return how many."""
 

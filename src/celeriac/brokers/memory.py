@@ -144,6 +144,30 @@ class MemoryBroker(Broker):
             found = [d for d in reversed(self._dead) if queue is None or d.queue == queue]
         return found[:limit]
 
+    def replay(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        now = self.clock()
+        wanted = None if ids is None else set(ids)
+        replayed = 0
+        with self._lock:
+            kept = []
+            for dl in self._dead:
+                chosen = (wanted is None or dl.id in wanted) and queue in (None, dl.queue)
+                if chosen and dl.id not in self._messages:
+                    self._messages[dl.id] = _Message(
+                        dl.id, dl.queue, dl.body, 0, now, next(self._seq)
+                    )
+                    replayed += 1
+                else:
+                    kept.append(dl)
+            self._dead = kept
+        return replayed
+
+    def purge_dead(self, queue: str | None = None) -> int:
+        with self._lock:
+            before = len(self._dead)
+            self._dead = [dl for dl in self._dead if queue not in (None, dl.queue)]
+            return before - len(self._dead)
+
     def purge(self, queue: str) -> int:
         with self._lock:
             doomed = [

@@ -214,6 +214,40 @@ if op == 'purge' then
   return count
 end
 
+-- replay <queue or ''> <id>*: dead letters back to their queues (all if no ids), as new
+-- messages at priority 0 due now, unless their id is queued again. Returns how many.
+-- purge_dead <queue or ''>: delete dead letters. Returns how many.
+if op == 'replay' or op == 'purge_dead' then
+  local queue, wanted = ARGV[4], nil
+  if #ARGV > 4 then
+    wanted = {}
+    for i = 5, #ARGV do wanted[ARGV[i]] = true end
+  end
+  local list = queue == '' and P .. ':dead' or P .. ':dead:' .. queue
+  local count = 0
+  for _, n in ipairs(redis.call('LRANGE', list, 0, -1)) do
+    local d = redis.call('HMGET', P .. ':d:' .. n, 'id', 'queue', 'body')
+    if d[1] and (wanted == nil or wanted[d[1]]) then
+      local mkey = P .. ':m:' .. d[1]
+      local take = op == 'purge_dead' or redis.call('EXISTS', mkey) == 0
+      if take then
+        if op == 'replay' then
+          local seq = redis.call('INCR', P .. ':seq')
+          redis.call('HSET', mkey, 'body', d[3], 'queue', d[2], 'priority', 0, 'eta', now,
+            'seq', seq, 'attempt', 0, 'expiries', 0)
+          make_ready(d[1], d[2], 0, now, seq)
+        end
+        redis.call('DEL', P .. ':d:' .. n)
+        redis.call('LREM', P .. ':dead', 1, n)
+        redis.call('LREM', P .. ':dead:' .. d[2], 1, n)
+        redis.call('HINCRBY', P .. ':deadcount', d[2], -1)
+        count = count + 1
+      end
+    end
+  end
+  return count
+end
+
 -- stats: (queue ready delayed leased dead)* for every queue seen. A due delayed message
 -- or an expired lease counts as ready: it will be handed out at the next fetch.
 if op == 'stats' then

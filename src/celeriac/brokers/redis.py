@@ -203,6 +203,14 @@ class RedisBroker(Broker):
     def purge(self, queue: str) -> int:
         return int(self._run("purge", queue))
 
+    def replay(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        if ids is not None and not ids:
+            return 0
+        return int(self._run("replay", queue or "", *(ids or ())))
+
+    def purge_dead(self, queue: str | None = None) -> int:
+        return int(self._run("purge_dead", queue or ""))
+
     def stats(self) -> dict[str, QueueStats]:
         flat = self._run("stats")
         found = {

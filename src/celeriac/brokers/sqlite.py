@@ -216,6 +216,30 @@ class SqliteBroker(Broker):
         )
         return [DeadLetter(*r) for r in rows]
 
+    def replay(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        where, params = _dead_filter(ids, queue)
+        now = self.clock()
+        replayed = 0
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                f"SELECT rowid, id, queue, body FROM celeriac_dead {where} ORDER BY rowid", params
+            ).fetchall()
+            for rowid, mid, mqueue, body in rows:
+                inserted = conn.execute(
+                    "INSERT OR IGNORE INTO celeriac_messages (id, queue, priority, eta, state,"
+                    " body) VALUES (?, ?, 0, ?, 0, ?)",
+                    (mid, mqueue, now, body),
+                ).rowcount
+                if inserted:
+                    conn.execute("DELETE FROM celeriac_dead WHERE rowid = ?", (rowid,))
+                    replayed += 1
+        return replayed
+
+    def purge_dead(self, queue: str | None = None) -> int:
+        where, params = _dead_filter(None, queue)
+        with self.db.transaction() as conn:
+            return conn.execute(f"DELETE FROM celeriac_dead {where}", params).rowcount
+
     def purge(self, queue: str) -> int:
         with self.db.transaction() as conn:
             return conn.execute(
@@ -251,3 +275,15 @@ class SqliteBroker(Broker):
 
     def close(self) -> None:
         self.db.close()
+
+
+def _dead_filter(ids: Sequence[str] | None, queue: str | None) -> tuple[str, list[Any]]:
+    """A WHERE clause choosing dead letters by ids and queue (None: any)."""
+    clauses, params = [], []
+    if ids is not None:
+        clauses.append(f"id IN ({','.join('?' * len(ids))})" if ids else "0")
+        params += list(ids)
+    if queue is not None:
+        clauses.append("queue = ?")
+        params.append(queue)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params

@@ -1,4 +1,4 @@
-"""`celeriac -A proj worker | call | result | purge | inspect`.
+"""`celeriac -A proj worker | call | result | purge | inspect | dlq`.
 
 Errors a user can cause (a bad -A, a wrong URL, a broker that cannot be reached) print one
 line and exit with 2; nothing here prints a traceback for them.
@@ -130,6 +130,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     purge.add_argument("--queue", "-Q", help="the queue (default: the default queue)")
     purge.add_argument("-f", "--force", action="store_true", help="do not ask to confirm")
+
+    dlq = sub.add_parser(
+        "dlq",
+        help="list, show, replay or purge dead letters",
+        description="Dead letters: messages that could not be decoded, named an unknown task, "
+        "had arguments that do not fit, or whose worker died too often. Each keeps the reason "
+        "and the original bytes.",
+    )
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="the newest dead letters, one line each")
+    dlq_list.add_argument("--queue", "-Q", help="only this queue")
+    dlq_list.add_argument("--limit", type=int, default=50, help="how many (default: 50)")
+    dlq_show = dlq_sub.add_parser("show", help="one dead letter, with its message")
+    dlq_show.add_argument("message_id", metavar="ID")
+    dlq_replay = dlq_sub.add_parser(
+        "replay",
+        help="put dead letters back in their queues",
+        description="Put dead letters back in their queues, due now (at priority 0).",
+    )
+    dlq_replay.add_argument("message_ids", metavar="ID", nargs="*", help="the ones to replay")
+    dlq_replay.add_argument("--all", action="store_true", help="replay all (of --queue)")
+    dlq_replay.add_argument("--queue", "-Q", help="only this queue")
+    dlq_purge = dlq_sub.add_parser("purge", help="delete dead letters")
+    dlq_purge.add_argument("--queue", "-Q", help="only this queue")
+    dlq_purge.add_argument("-f", "--force", action="store_true", help="do not ask to confirm")
 
     inspect = sub.add_parser(
         "inspect", help="look at queues", description="Look at the broker's queues."
@@ -285,14 +310,57 @@ def cmd_purge(args: argparse.Namespace) -> int:
     if waiting == 0:
         print(f"queue {queue!r} has no waiting messages")
         return 0
-    if not args.force:
-        if not sys.stdin.isatty():
-            raise ConfigurationError("purge asks to confirm; pass -f to purge without asking")
-        answer = input(f"Delete {waiting} waiting messages from queue {queue!r}? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing deleted")
-            return 1
+    if not _confirm(f"Delete {waiting} waiting messages from queue {queue!r}?", args.force):
+        print("nothing deleted")
+        return 1
     print(f"deleted {app.broker.purge(queue)} messages from queue {queue!r}")
+    return 0
+
+
+def _confirm(question: str, force: bool) -> bool:
+    if force:
+        return True
+    if not sys.stdin.isatty():
+        raise ConfigurationError("this asks to confirm; pass -f to go ahead without asking")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    broker = _app(args).broker
+    action = args.dlq_command
+    if action == "list":
+        letters = broker.dead_letters(args.queue, args.limit)
+        if not letters:
+            print("no dead letters")
+        for dl in letters:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(dl.dead_at))
+            print(f"{dl.id}  {dl.queue}  {when}  {dl.reason}")
+        return 0
+    if action == "show":
+        found = [dl for dl in broker.dead_letters(None, 1_000_000) if dl.id == args.message_id]
+        if not found:
+            raise ConfigurationError(f"no dead letter with id {args.message_id}")
+        dl = found[0]
+        print(f"id:      {dl.id}\nqueue:   {dl.queue}")
+        print(f"died:    {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(dl.dead_at))}")
+        print(f"reason:  {dl.reason}\nmessage: {dl.body.decode('utf-8', 'backslashreplace')}")
+        return 0
+    if action == "replay":
+        if not args.message_ids and not args.all:
+            raise ConfigurationError("name the dead letters to replay, or pass --all")
+        count = broker.replay(args.message_ids or None, args.queue)
+        print(f"replayed {count} dead letters")
+        return 0 if count or args.all else 1
+    queue = args.queue
+    waiting = len(broker.dead_letters(queue, 1_000_000))
+    where = f"of queue {queue!r}" if queue else "of every queue"
+    if waiting == 0:
+        print(f"no dead letters {where}")
+        return 0
+    if not _confirm(f"Delete {waiting} dead letters {where}?", args.force):
+        print("nothing deleted")
+        return 1
+    print(f"deleted {broker.purge_dead(queue)} dead letters")
     return 0
 
 
@@ -315,4 +383,5 @@ COMMANDS = {
     "result": cmd_result,
     "purge": cmd_purge,
     "inspect": cmd_inspect,
+    "dlq": cmd_dlq,
 }
