@@ -19,6 +19,7 @@ from .config import Settings, read_settings
 from .envelope import Envelope, encode
 from .exceptions import ConfigurationError, NotRegistered
 from .result import AsyncResult
+from .signing import Signer
 from .task import BoundTaskDecorator, P, R, Task, TaskDecorator, decorate, shared_tasks
 
 log = logging.getLogger("celeriac")
@@ -63,6 +64,7 @@ class Celeriac:
         self._broker: Broker | None = None
         self._backend: ResultBackend | None = None
         self._backend_loaded = False
+        self._signer: Signer | None = None
         overrides = dict(settings)
         if broker is not None:
             overrides["broker_url"] = broker
@@ -290,8 +292,18 @@ class Celeriac:
     def publish(self, envelopes: Sequence[Envelope]) -> None:
         """Encode and publish envelopes in one broker call."""
         self.broker.publish(
-            [Outgoing(e.id, e.queue, encode(e), e.priority, e.eta) for e in envelopes]
+            [Outgoing(e.id, e.queue, self.encode(e), e.priority, e.eta) for e in envelopes]
         )
+
+    def encode(self, envelope: Envelope) -> bytes:
+        """The bytes on the wire: the JSON envelope, signed when `security_key` is set."""
+        return self.signer.sign(encode(envelope))
+
+    @property
+    def signer(self) -> Signer:
+        if self._signer is None:
+            self._signer = Signer(self.conf.security_key, self.conf.security_old_keys)
+        return self._signer
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
         return AsyncResult(task_id, self)

@@ -59,6 +59,12 @@ class Settings:
     broker_durable_publish: bool = False
     broker_key_prefix: str = "celeriac"  # Redis: the prefix of every key, to share a server
 
+    # Sign every message with HMAC-SHA256 (a secret shared by producers and workers); a
+    # worker dead-letters unsigned or tampered messages. Old keys are still accepted, for
+    # rotation. (Celery's security_key is a path to an X.509 key; this one is the secret.)
+    security_key: str | None = None
+    security_old_keys: list[str] = field(default_factory=list)
+
     # Modules to import when the app starts (task modules that autodiscovery won't find).
     imports: list[str] = field(default_factory=list)
     include: list[str] = field(default_factory=list)

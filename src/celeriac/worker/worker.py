@@ -34,7 +34,7 @@ from .. import states
 from ..app import Celeriac
 from ..backends.base import TaskMeta
 from ..brokers.base import Delivery
-from ..envelope import Envelope, decode, dumps, encode
+from ..envelope import Envelope, decode, dumps
 from ..exceptions import CeleriacError, ConfigurationError, DecodeError, EncodeError, NotRegistered
 from ..task import Request, Task, current_request
 from .executors import Outcome, ProcessExecutor, ThreadExecutor, run_async
@@ -298,7 +298,7 @@ class Worker:
 
     async def _process(self, delivery: Delivery) -> None:
         try:
-            envelope = decode(delivery.body)
+            envelope = decode(self.app.signer.verify(delivery.body))
         except DecodeError as exc:
             await self._dead_letter(delivery, f"DecodeError: {exc}")
             return
@@ -424,7 +424,7 @@ class Worker:
             outcome.error_message,
         )
         again = msgspec.structs.replace(envelope, retries=envelope.retries + 1)
-        body = encode(again)
+        body = self.app.encode(again)
         meta = TaskMeta(envelope.id, states.RETRY, envelope.task, info=outcome.error_message)
         backend = self.app.backend
 
@@ -453,7 +453,7 @@ class Worker:
             await self._dead_letter(delivery, reason, envelope)
             return
         again = msgspec.structs.replace(envelope, headers={**envelope.headers, "crashes": crashes})
-        body = encode(again)
+        body = self.app.encode(again)
         await self._call(self.app.broker.nack, delivery, 0.0, body)
         self._drop_held(delivery)
 
