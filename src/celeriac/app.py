@@ -209,7 +209,7 @@ class Celeriac:
         routes = self.conf.task_routes
         if not routes:
             return self.conf.task_default_queue
-        for table in routes if isinstance(routes, list | tuple) else [routes or {}]:
+        for table in routes if isinstance(routes, list | tuple) else [routes]:
             if not isinstance(table, Mapping):
                 raise ConfigurationError(f"task_routes: expected a dict, got {table!r}")
             for pattern, route in table.items():

@@ -94,7 +94,9 @@ class Worker:
             if value < least:
                 raise ConfigurationError(f"{what} must be at least {least}, not {value}")
         if self.lease <= 0:
-            raise ConfigurationError(f"the lease must be a positive number of seconds, not {lease}")
+            raise ConfigurationError(
+                f"the lease must be a positive number of seconds, not {self.lease}"
+            )
         self.capacity = self.concurrency * multiplier
         self.poll_interval = conf.broker_poll_interval
         self.track_started = conf.task_track_started
