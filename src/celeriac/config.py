@@ -38,6 +38,9 @@ class Settings:
     task_routes: Any = None  # {"name or glob*": "queue" | {"queue": ...}}, or a list of them
     task_ignore_result: bool = False
     task_track_started: bool = False  # store STARTED when a task begins
+    # Defaults for tasks that set no soft_time_limit / time_limit of their own (seconds).
+    task_soft_time_limit: float | None = None
+    task_time_limit: float | None = None
     task_serializer: str = "json"  # JSON is the only serializer; listed so Celery configs load
     result_serializer: str = "json"
     accept_content: list[str] = field(default_factory=lambda: ["json"])

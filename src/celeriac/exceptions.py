@@ -9,7 +9,9 @@ CeleriacError                  root of every error Celeriac raises
 ├── NotRegistered              a message names a task this app does not know
 ├── TimeoutError               `AsyncResult.get(timeout=...)` ran out of time
 ├── TaskFailed                 `get()` of a task that failed (carries type, message, traceback)
-└── MaxRetriesExceededError    `self.retry()` past `max_retries`
+├── MaxRetriesExceededError    `self.retry()` past `max_retries`
+├── SoftTimeLimitExceeded      raised inside a task at its `soft_time_limit`, to clean up
+└── TimeLimitExceeded          recorded when a task was stopped at its hard `time_limit`
 
 Retry                          raised by `self.retry()`: not an error, a request to run again
 """
@@ -65,6 +67,18 @@ class TaskFailed(CeleriacError):
 
 class MaxRetriesExceededError(CeleriacError):
     """`self.retry()` was called after `max_retries` retries."""
+
+
+class SoftTimeLimitExceeded(CeleriacError):
+    """Raised inside a running task when its `soft_time_limit` passes: catch it to clean up.
+    Uncaught, the task fails with this type."""
+
+    def __init__(self, message: str = "soft time limit exceeded") -> None:
+        super().__init__(message)
+
+
+class TimeLimitExceeded(CeleriacError):
+    """A task ran past its hard `time_limit` and was stopped (its result says so)."""
 
 
 class Retry(Exception):

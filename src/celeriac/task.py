@@ -57,6 +57,10 @@ class TaskOptions:
     retry_backoff: bool | float = False
     retry_backoff_max: float = 600.0
     retry_jitter: bool = True
+    # Seconds: at the soft limit SoftTimeLimitExceeded is raised inside the task; at the
+    # hard limit the task is stopped and fails with TimeLimitExceeded (see docs/tasks.md).
+    soft_time_limit: float | None = None
+    time_limit: float | None = None
 
     def retry_delay(self, retries: int) -> float:
         """Seconds to wait before retry number `retries + 1` of an automatic retry."""
@@ -72,8 +76,6 @@ OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(TaskOptions))
 NOT_YET = frozenset(
     {
         "rate_limit",
-        "time_limit",
-        "soft_time_limit",
         "expires",
     }
 )
@@ -90,6 +92,12 @@ def make_options(options: dict[str, Any]) -> TaskOptions:
     priority = options.get("priority")
     if priority is not None and not 0 <= priority <= 9:
         raise ConfigurationError(f"task option priority={priority!r} must be between 0 and 9")
+    for key in ("soft_time_limit", "time_limit"):
+        limit = options.get(key)
+        if limit is not None and (not isinstance(limit, int | float) or limit <= 0):
+            raise ConfigurationError(
+                f"task option {key}={limit!r} must be a positive number of seconds"
+            )
     if "autoretry_for" in options:
         kinds = options["autoretry_for"]
         kinds = tuple(kinds) if isinstance(kinds, list | tuple) else (kinds,)

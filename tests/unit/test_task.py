@@ -33,6 +33,15 @@ def test_celery_option_not_supported_yet_says_so() -> None:
         def f() -> None: ...
 
 
+@pytest.mark.parametrize("option", ["soft_time_limit", "time_limit"])
+@pytest.mark.parametrize("value", [0, -1, "10"])
+def test_time_limits_must_be_positive_seconds(app: Celeriac, option: str, value: Any) -> None:
+    with pytest.raises(ConfigurationError, match=f"{option}=.* positive number of seconds"):
+
+        @app.task(**{option: value})
+        def f() -> None: ...
+
+
 def test_priority_option_is_checked(app: Celeriac) -> None:
     with pytest.raises(ConfigurationError, match="between 0 and 9"):
 

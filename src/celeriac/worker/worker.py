@@ -36,8 +36,8 @@ from ..backends.base import TaskMeta
 from ..brokers.base import Delivery
 from ..envelope import Envelope, decode, dumps
 from ..exceptions import CeleriacError, ConfigurationError, DecodeError, EncodeError, NotRegistered
-from ..task import Request, Task, current_request
-from .executors import Outcome, ProcessExecutor, ThreadExecutor, run_async
+from ..task import Request, Task
+from .executors import AsyncExecutor, Limits, Outcome, ProcessExecutor, ThreadExecutor
 from .io import LoopIO, ThreadedIO
 from .supervisor import SUPERVISED_ENV
 
@@ -136,6 +136,7 @@ class Worker:
             if self.pool == "processes"
             else ThreadExecutor(self.concurrency)
         )
+        self.async_executor = AsyncExecutor()
         supervised = os.environ.get(SUPERVISED_ENV) == "1"
         for sig in (signal.SIGTERM, signal.SIGINT):
             # Not possible outside the main thread (tests run workers in one): no signals there.
@@ -352,13 +353,13 @@ class Worker:
             self._shapes_ok.add(shape)
 
     async def _execute(self, task: Task[Any, Any], request: Request) -> Outcome:
-        if task.is_async:
-            token = current_request.set(request)
-            try:
-                return await run_async(task, request)
-            finally:
-                current_request.reset(token)
-        return await self.executor.run(task, request)
+        conf, options = self.app.conf, task.options
+        limits = Limits(
+            options.soft_time_limit or conf.task_soft_time_limit,
+            options.time_limit or conf.task_time_limit,
+        )
+        executor = self.async_executor if task.is_async else self.executor
+        return await executor.run(task, request, limits)
 
     async def _record(
         self,
@@ -402,6 +403,9 @@ class Worker:
             )
             error = {"type": outcome.error_type, "message": outcome.error_message}
             meta = TaskMeta(tid, states.FAILURE, name, error, outcome.traceback, date_done=now)
+        elif outcome.kind == "revoked":
+            log.info("Task %s[%s] terminated (revoked)", name, tid)
+            meta = TaskMeta(tid, states.REVOKED, name, date_done=now)
         elif outcome.kind == "retry":
             await self._retry(delivery, envelope, outcome, runtime)
             return
