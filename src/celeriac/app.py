@@ -16,6 +16,7 @@ from .backends import from_url as backend_from_url
 from .brokers import Broker, Outgoing
 from .brokers import from_url as broker_from_url
 from .config import Settings, read_settings
+from .control import Control
 from .envelope import Envelope, encode
 from .exceptions import ConfigurationError, NotRegistered
 from .result import AsyncResult
@@ -307,6 +308,11 @@ class Celeriac:
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
         return AsyncResult(task_id, self)
+
+    @property
+    def control(self) -> Control:
+        """Act on tasks already sent: `app.control.revoke(task_id, terminate=True)`."""
+        return Control(self)
 
 
 def _django_apps() -> list[str]:

@@ -100,6 +100,10 @@ class AsyncResult(Generic[R]):
         info = meta.info
         return info if isinstance(info, dict) and "current" in info else None
 
+    def revoke(self, terminate: bool = False, signal: str | None = None) -> None:
+        """Revoke the task: see `app.control.revoke`."""
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal)
+
     def forget(self) -> None:
         """Delete the stored state and result."""
         self._backend().forget(self.id)

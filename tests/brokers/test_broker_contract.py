@@ -625,3 +625,61 @@ def test_purge_dead(broker: Broker, queue: str, new_queue: Any) -> None:
     assert stats_of(broker, queue) == QueueStats()
     assert broker.purge_dead(other) == 1
     assert broker.dead_letters(other) == []
+
+
+# -- revoke ----------------------------------------------------------------------------------
+
+
+def test_revoke_deletes_ready_and_delayed_messages(broker: Broker, queue: str, clock: Any) -> None:
+    broker.publish([out(queue, "ready"), out(queue, "later", eta=clock() + 60), out(queue, "kept")])
+    assert sorted(broker.revoke(["ready", "later", "never-sent"])) == ["later", "ready"]
+    assert broker.revoked(["ready", "later", "never-sent", "kept"]) == {
+        "ready": False,
+        "later": False,
+        "never-sent": False,
+    }
+    clock.advance(120)
+    assert ids(fetch_all(broker, [queue])) == ["kept"]
+
+
+def test_a_revoked_id_published_later_is_dropped(broker: Broker, queue: str) -> None:
+    broker.revoke(["early"], terminate=True)
+    broker.publish([out(queue, "early"), out(queue, "other")])
+    assert ids(fetch_all(broker, [queue])) == ["other"]
+    assert broker.revoked(["early", "other"]) == {"early": True}
+
+
+def test_a_revoked_leased_message_stays_with_its_worker(broker: Broker, queue: str) -> None:
+    broker.publish([out(queue, "a")])
+    [d] = broker.fetch([queue], 10, LEASE)
+    assert broker.revoke(["a"]) == []
+    assert broker.renew([d], LEASE) == [True]
+    assert broker.ack([d]) == [True]
+    assert stats_of(broker, queue) == QueueStats()
+
+
+@pytest.mark.parametrize("ending", ["expiry", "nack", "release"])
+def test_a_revoked_leased_message_comes_back_as_a_redelivery(
+    broker: Broker, queue: str, clock: Any, ending: str
+) -> None:
+    """The worker that fetches it again sees attempt > 1 and asks `revoked()` first."""
+    broker.publish([out(queue, "a")])
+    [d] = broker.fetch([queue], 10, LEASE)
+    broker.revoke(["a"])
+    if ending == "expiry":
+        clock.advance(LEASE + 1)
+    elif ending == "nack":
+        broker.nack(d, 0.0, b"again")
+    else:
+        broker.release([d])
+    [again] = broker.fetch([queue], 10, LEASE)
+    assert (again.id, again.attempt) == ("a", 2)
+    assert broker.revoked(["a"]) == {"a": False}
+
+
+def test_revoked_ids_are_forgotten_after_a_day(broker: Broker, queue: str, clock: Any) -> None:
+    broker.revoke(["a"])
+    clock.advance(86400 + 1)
+    assert broker.revoked(["a"]) == {}
+    broker.publish([out(queue, "a")])
+    assert ids(fetch_all(broker, [queue])) == ["a"]

@@ -138,6 +138,7 @@ def test_help_lists_options_and_commands(run: Run) -> None:
         ("call", ["--args", "--kwargs", "--queue", "--countdown", "--priority"]),
         ("result", ["--wait", "--timeout"]),
         ("purge", ["--queue", "--force"]),
+        ("revoke", ["--terminate"]),
         ("inspect", ["queues"]),
     ],
 )
@@ -356,3 +357,16 @@ def test_dlq_list_show_replay_purge(run: Run, project: Project, tmp_path: Path) 
     assert run(*pkg, "dlq", "list").stdout.strip() == "no dead letters"
     assert run(*pkg, "dlq", "--help").returncode == 0
     broker.close()
+
+
+def test_revoke_deletes_a_queued_task_and_marks_it_revoked(run: Run, project: Project) -> None:
+    sent = run("-A", project.package, "call", project.task, "--args", "[1, 2]")
+    assert sent.returncode == 0, sent.stderr
+    task_id = sent.stdout.strip()
+
+    proc = run("-A", project.package, "revoke", task_id)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "revoked 1 task(s)"
+    assert run("-A", project.package, "inspect", "queues").stdout == "no queues have messages\n"
+    shown = json.loads(run("-A", project.package, "result", task_id).stdout)
+    assert shown["state"] == "REVOKED"

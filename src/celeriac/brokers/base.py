@@ -7,7 +7,7 @@ on each implementation. A message is always in exactly one of these states:
     delayed    waiting in its queue until its eta
     leased     fetched by a worker; owned until its lease runs out
     dead       in the dead-letter store, with a reason and the original bytes
-    (gone)     acknowledged
+    (gone)     acknowledged, or revoked
 
 Fetching is atomic: the lease is created in the same step that hands the message out, so a
 message is never only in a worker's memory. Each fetch increments the message's `attempt`;
@@ -15,6 +15,11 @@ ack, nack, renew, release and dead_letter are fenced by it, so a worker whose le
 and whose message was fetched again cannot ack over the new owner. A lease that runs out
 puts the message back (counted in `lease_expiries`, apart from task retries); after
 `max_lease_expiries` such losses the message is dead-lettered instead.
+
+A revoked id is remembered for `REVOKE_KEEP` seconds: its ready or delayed message is
+deleted at once and a later publish of the id is dropped, so the only way to fetch a
+revoked message is again (attempt > 1): after its lease ended, a retry or a hand-back.
+Workers ask `revoked()` about those before running them, and about the messages they hold.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
 
 MAX_PRIORITY = 9
 DEFAULT_MAX_LEASE_EXPIRIES = 3
+REVOKE_KEEP = 86400.0  # seconds a revoked id is remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +145,15 @@ class Broker(ABC):
     @abstractmethod
     def purge_dead(self, queue: str | None = None) -> int:
         """Delete the dead letters (of one queue, or all); return how many."""
+
+    @abstractmethod
+    def revoke(self, ids: Sequence[str], terminate: bool = False) -> list[str]:
+        """Revoke these message ids (see the module doc); `terminate` asks the worker
+        running one to stop it. Returns the ids whose ready or delayed message was deleted."""
+
+    @abstractmethod
+    def revoked(self, ids: Sequence[str]) -> dict[str, bool]:
+        """Which of these ids are revoked, each with its `terminate` flag."""
 
     @abstractmethod
     def purge(self, queue: str) -> int:

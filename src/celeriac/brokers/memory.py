@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+from .base import REVOKE_KEEP, Broker, DeadLetter, Delivery, Outgoing, QueueStats
 
 
 @dataclass(slots=True)
@@ -36,13 +36,14 @@ class MemoryBroker(Broker):
         self._lock = threading.Lock()
         self._messages: dict[str, _Message] = {}
         self._dead: list[DeadLetter] = []
+        self._revoked: dict[str, tuple[float, bool]] = {}  # id -> (until, terminate)
         self._seq = itertools.count()
 
     def publish(self, messages: Sequence[Outgoing]) -> None:
         now = self.clock()
         with self._lock:
             for m in messages:
-                if m.id not in self._messages:
+                if m.id not in self._messages and not self._is_revoked(m.id, now):
                     eta = now if m.eta is None else m.eta
                     self._messages[m.id] = _Message(
                         m.id, m.queue, m.body, m.priority, eta, next(self._seq)
@@ -72,6 +73,10 @@ class MemoryBroker(Broker):
                 m.lease_until = now + lease
                 out.append(Delivery(m.id, m.queue, m.body, m.attempt, m.lease_expiries))
         return out
+
+    def _is_revoked(self, message_id: str, now: float) -> bool:
+        revoked = self._revoked.get(message_id)
+        return revoked is not None and revoked[0] > now
 
     def _expire(self, m: _Message, now: float) -> bool:
         """A lease ran out: count it, and dead-letter the message past the limit."""
@@ -167,6 +172,24 @@ class MemoryBroker(Broker):
             before = len(self._dead)
             self._dead = [dl for dl in self._dead if queue not in (None, dl.queue)]
             return before - len(self._dead)
+
+    def revoke(self, ids: Sequence[str], terminate: bool = False) -> list[str]:
+        now = self.clock()
+        deleted = []
+        with self._lock:
+            self._revoked = {k: v for k, v in self._revoked.items() if v[0] > now}
+            for message_id in ids:
+                self._revoked[message_id] = (now + REVOKE_KEEP, terminate)
+                m = self._messages.get(message_id)
+                if m is not None and m.lease_until is None:
+                    del self._messages[message_id]
+                    deleted.append(message_id)
+        return deleted
+
+    def revoked(self, ids: Sequence[str]) -> dict[str, bool]:
+        now = self.clock()
+        with self._lock:
+            return {i: self._revoked[i][1] for i in ids if self._is_revoked(i, now)}
 
     def purge(self, queue: str) -> int:
         with self._lock:

@@ -21,6 +21,8 @@
 --   P:dead           list of dead-letter numbers, newest first, of every queue
 --   P:dead:<queue>   the same, for one queue
 --   P:deadcount      hash: queue -> number of dead letters
+--   P:revoked        zset of revoked ids, score = until when it is remembered
+--   P:terminate      zset of the revoked ids whose running task is to be stopped, same scores
 --
 -- A message is in exactly one of P:q:<queue>, P:delayed, P:leased, or dead (P:d:<n>),
 -- and its P:m:<id> hash exists exactly while it is in one of the first three.
@@ -58,6 +60,11 @@ local function bury(id, reason)
   redis.call('DEL', mkey)
 end
 
+local function is_revoked(id)
+  local expiry = redis.call('ZSCORE', P .. ':revoked', id)
+  return expiry and tonumber(expiry) > now
+end
+
 -- Is this delivery (id, attempt) still the current lease on the message?
 local function owned(id, attempt)
   return redis.call('ZSCORE', P .. ':leased', id)
@@ -67,12 +74,13 @@ end
 -- publish <n> (<id> <queue> <priority> <eta or ''> <body>) * n
 if op == 'publish' then
   local n, woken, seen = tonumber(ARGV[4]), {}, {}
+  local any_revoked = redis.call('EXISTS', P .. ':revoked') == 1
   for i = 0, n - 1 do
     local base = 5 + i * 5
     local id, queue, priority, eta, body =
       ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
     local mkey = P .. ':m:' .. id
-    if redis.call('EXISTS', mkey) == 0 then
+    if redis.call('EXISTS', mkey) == 0 and not (any_revoked and is_revoked(id)) then
       local due = eta == '' and now or tonumber(eta)
       local seq = redis.call('INCR', P .. ':seq')
       redis.call('HSET', mkey, 'body', body, 'queue', queue, 'priority', priority,
@@ -193,6 +201,40 @@ if op == 'dead_letter' then
   redis.call('ZREM', P .. ':leased', ARGV[4])
   bury(ARGV[4], ARGV[6])
   return 1
+end
+
+-- revoke <until> <terminate: 1|0> <id>*: remember the ids until <until>; delete their
+-- ready or delayed messages. Returns the ids deleted.
+if op == 'revoke' then
+  local keep_until, terminate, out = tonumber(ARGV[4]), ARGV[5] == '1', {}
+  redis.call('ZREMRANGEBYSCORE', P .. ':revoked', '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', P .. ':terminate', '-inf', now)
+  for i = 6, #ARGV do
+    local id = ARGV[i]
+    local mkey = P .. ':m:' .. id
+    redis.call('ZADD', P .. ':revoked', keep_until, id)
+    if terminate then redis.call('ZADD', P .. ':terminate', keep_until, id) end
+    local m = redis.call('HMGET', mkey, 'queue', 'seq')
+    if m[1] and not redis.call('ZSCORE', P .. ':leased', id) then
+      redis.call('ZREM', P .. ':delayed', id)
+      redis.call('ZREM', P .. ':q:' .. m[1], string.format('%016d', tonumber(m[2])) .. ':' .. id)
+      redis.call('DEL', mkey)
+      table.insert(out, id)
+    end
+  end
+  return out
+end
+
+-- revoked <id>*: (id, terminate 1|0)* for the ids that are revoked.
+if op == 'revoked' then
+  local out = {}
+  for i = 4, #ARGV do
+    if is_revoked(ARGV[i]) then
+      table.insert(out, ARGV[i])
+      table.insert(out, redis.call('ZSCORE', P .. ':terminate', ARGV[i]) and 1 or 0)
+    end
+  end
+  return out
 end
 
 -- purge <queue>: the queue's ready and delayed messages; returns how many.

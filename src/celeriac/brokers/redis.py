@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..backends.base import ResultBackend, TaskMeta
 from ..exceptions import BrokerError, ConfigurationError
-from .base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+from .base import REVOKE_KEEP, Broker, DeadLetter, Delivery, Outgoing, QueueStats
 
 if TYPE_CHECKING:
     from ..backends.redis import RedisBackend
@@ -199,6 +199,19 @@ class RedisBroker(Broker):
             DeadLetter(i.decode(), q.decode(), body, reason.decode(), float(at))
             for i, q, body, reason, at in call(self.url, read)
         ]
+
+    def revoke(self, ids: Sequence[str], terminate: bool = False) -> list[str]:
+        if not ids:
+            return []
+        until = repr(self.clock() + REVOKE_KEEP)
+        deleted = self._run("revoke", until, "1" if terminate else "0", *ids)
+        return [i.decode() for i in deleted]
+
+    def revoked(self, ids: Sequence[str]) -> dict[str, bool]:
+        if not ids:
+            return {}
+        flat = self._run("revoked", *ids)
+        return {flat[i].decode(): bool(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     def purge(self, queue: str) -> int:
         return int(self._run("purge", queue))

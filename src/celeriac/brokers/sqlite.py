@@ -11,6 +11,7 @@ Tables (created on first use):
         lease_expiries  how often a lease ran out (a worker died or hung)
         body            the encoded envelope
     celeriac_dead       dead letters: id, queue, body, reason, dead_at
+    celeriac_revoked    revoked ids: id, until (unix time), terminate
 
 Every change is one `BEGIN IMMEDIATE` transaction, so fetch-and-lease is atomic across
 processes. A fetch first promotes due delayed rows and takes back expired leases, then
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._sqlite import Database
-from .base import Broker, DeadLetter, Delivery, Outgoing, QueueStats
+from .base import REVOKE_KEEP, Broker, DeadLetter, Delivery, Outgoing, QueueStats
 
 READY, LEASED, DELAYED = 0, 1, 2
 
@@ -55,6 +56,11 @@ CREATE TABLE IF NOT EXISTS celeriac_dead (
     dead_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS celeriac_dead_queue ON celeriac_dead (queue, dead_at);
+CREATE TABLE IF NOT EXISTS celeriac_revoked (
+    id TEXT PRIMARY KEY,
+    until REAL NOT NULL,
+    terminate INTEGER NOT NULL
+);
 """
 
 # Is anything due for a fetch? A plain read, so idle workers polling take no write lock.
@@ -118,8 +124,9 @@ class SqliteBroker(Broker):
         with self.db.transaction() as conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO celeriac_messages (id, queue, priority, eta, state, body)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
+                " SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS"
+                " (SELECT 1 FROM celeriac_revoked WHERE id = ?1 AND until > ?7)",
+                [(*row, now) for row in rows],
             )
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
@@ -239,6 +246,32 @@ class SqliteBroker(Broker):
         where, params = _dead_filter(None, queue)
         with self.db.transaction() as conn:
             return conn.execute(f"DELETE FROM celeriac_dead {where}", params).rowcount
+
+    def revoke(self, ids: Sequence[str], terminate: bool = False) -> list[str]:
+        now = self.clock()
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM celeriac_revoked WHERE until <= ?", (now,))
+            conn.executemany(
+                "INSERT OR REPLACE INTO celeriac_revoked (id, until, terminate) VALUES (?, ?, ?)",
+                [(i, now + REVOKE_KEEP, int(terminate)) for i in ids],
+            )
+            return [
+                i
+                for i in ids
+                if conn.execute(
+                    "DELETE FROM celeriac_messages WHERE id = ? AND state != 1", (i,)
+                ).rowcount
+            ]
+
+    def revoked(self, ids: Sequence[str]) -> dict[str, bool]:
+        if not ids:
+            return {}
+        rows = self.db.read(
+            f"SELECT id, terminate FROM celeriac_revoked WHERE until > ?"
+            f" AND id IN ({','.join('?' * len(ids))})",
+            (self.clock(), *ids),
+        )
+        return {i: bool(t) for i, t in rows}
 
     def purge(self, queue: str) -> int:
         with self.db.transaction() as conn:

@@ -122,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     result.add_argument("--timeout", type=float, metavar="SECONDS", help="give up waiting after")
 
+    revoke = sub.add_parser(
+        "revoke",
+        help="revoke tasks by id",
+        description="Revoke tasks: a queued or delayed one never runs; a running one "
+        "finishes, or is stopped with --terminate. Revocations hold for a day, on every worker.",
+    )
+    revoke.add_argument("task_ids", metavar="ID", nargs="+")
+    revoke.add_argument("--terminate", action="store_true", help="stop it if it is running")
+
     purge = sub.add_parser(
         "purge",
         help="delete waiting messages of a queue",
@@ -302,6 +311,13 @@ def cmd_result(args: argparse.Namespace) -> int:
     return 1 if out["state"] == states.FAILURE else 0
 
 
+def cmd_revoke(args: argparse.Namespace) -> int:
+    _app(args).control.revoke(args.task_ids, terminate=args.terminate)
+    how = " (running ones are terminated)" if args.terminate else ""
+    print(f"revoked {len(args.task_ids)} task(s){how}")
+    return 0
+
+
 def cmd_purge(args: argparse.Namespace) -> int:
     app = _app(args)
     queue = args.queue or app.conf.task_default_queue
@@ -381,6 +397,7 @@ COMMANDS = {
     "worker": cmd_worker,
     "call": cmd_call,
     "result": cmd_result,
+    "revoke": cmd_revoke,
     "purge": cmd_purge,
     "inspect": cmd_inspect,
     "dlq": cmd_dlq,

@@ -416,6 +416,7 @@ class ProcessExecutor:
         loop = asyncio.get_running_loop()
         readable = loop.create_future()
         fd = child.conn.fileno()
+
         def wake() -> None:
             if not readable.done():
                 readable.set_result(None)

@@ -34,6 +34,7 @@ from .. import states
 from ..app import Celeriac
 from ..backends.base import TaskMeta
 from ..brokers.base import Delivery
+from ..control import REVOKED_ERROR
 from ..envelope import Envelope, decode, dumps
 from ..exceptions import CeleriacError, ConfigurationError, DecodeError, EncodeError, NotRegistered
 from ..task import Request, Task
@@ -46,6 +47,7 @@ T = TypeVar("T")
 
 MAX_LOGGED_RESULT = 200
 MAX_SHAPES = 10_000  # argument shapes remembered as fitting (bounds memory)
+REVOKE_POLL = 1.0  # seconds between asking the broker which held messages were revoked
 
 
 @dataclass
@@ -102,6 +104,7 @@ class Worker:
         self.track_started = conf.task_track_started
         self.held: dict[tuple[str, int], Delivery] = {}  # fetched and not yet acked
         self._finishing: set[tuple[str, int]] = set()  # held, outcome known, ack under way
+        self._revoked: dict[str, bool] = {}  # held ids revoked -> terminate
         self.running = 0
         self.processed = 0
         self._shapes_ok: set[tuple[Any, ...]] = set()
@@ -153,12 +156,15 @@ class Worker:
                 log.warning("%s", warning)
             if ready is not None:
                 ready()
-            heartbeat = asyncio.create_task(self._heartbeat())
-            acker = asyncio.create_task(self._acker())
+            helpers = [
+                asyncio.create_task(self._heartbeat()),
+                asyncio.create_task(self._acker()),
+                asyncio.create_task(self._watch_revokes()),
+            ]
             await self._fetch_loop()
             await self._drain()
-            heartbeat.cancel()
-            acker.cancel()
+            for helper in helpers:
+                helper.cancel()
         finally:
             self.executor.shutdown()
             if self.io is not self.threads:
@@ -259,6 +265,28 @@ class Worker:
                 if not ok and (delivery.id, delivery.attempt) in self.held:
                     log.warning("lost the lease on %s: it may run again elsewhere", delivery.id)
 
+    async def _watch_revokes(self) -> None:
+        """Ask the broker which held messages were revoked: those not started yet are
+        skipped when their turn comes, running ones stopped if the revoke says terminate."""
+        while True:
+            await asyncio.sleep(REVOKE_POLL)
+            ids = list({d.id for key, d in self.held.items() if key not in self._finishing})
+            if not ids:
+                continue
+            try:
+                revoked = await self._call(self.app.broker.revoked, ids)
+            except Exception as exc:  # the next round tries again
+                log.error("could not read revoked tasks: %s", exc)
+                continue
+            for task_id, terminate in revoked.items():
+                if task_id in self._revoked:
+                    continue
+                self._revoked[task_id] = terminate
+                if terminate and (
+                    self.async_executor.terminate(task_id) or self.executor.terminate(task_id)
+                ):
+                    log.info("Task [%s] revoked: terminating it", task_id)
+
     async def _drain(self) -> None:
         """After the stop signal: wait for running tasks up to the deadline, then hand back
         whatever is still held."""
@@ -328,9 +356,21 @@ class Worker:
             envelope.headers,
             envelope.eta,
         )
+        if delivery.attempt > 1 and envelope.id not in self._revoked:
+            # Fetched again (a retry, a hand-back, a dead worker's): it may have been
+            # revoked while it was out. A first delivery cannot be (see brokers/base.py).
+            self._revoked.update(await self._call(self.app.broker.revoked, [envelope.id]))
         if self.track_started and self.app.backend is not None:
             meta = TaskMeta(envelope.id, states.STARTED, envelope.task)
             await self._call(self.app.backend.store, [meta])
+        if envelope.id in self._revoked:  # learnt of after it was fetched
+            log.info("Task %s[%s] revoked: not run", envelope.task, envelope.id)
+            now = time.time()
+            meta = TaskMeta(
+                envelope.id, states.REVOKED, envelope.task, REVOKED_ERROR, date_done=now
+            )
+            self._finish(delivery, meta)
+            return
         started = time.perf_counter()
         outcome = await self._execute(task, request)
         runtime = time.perf_counter() - started
@@ -405,7 +445,7 @@ class Worker:
             meta = TaskMeta(tid, states.FAILURE, name, error, outcome.traceback, date_done=now)
         elif outcome.kind == "revoked":
             log.info("Task %s[%s] terminated (revoked)", name, tid)
-            meta = TaskMeta(tid, states.REVOKED, name, date_done=now)
+            meta = TaskMeta(tid, states.REVOKED, name, REVOKED_ERROR, date_done=now)
         elif outcome.kind == "retry":
             await self._retry(delivery, envelope, outcome, runtime)
             return
@@ -498,6 +538,7 @@ class Worker:
         key = (delivery.id, delivery.attempt)
         self.held.pop(key, None)
         self._finishing.discard(key)
+        self._revoked.pop(delivery.id, None)
         self.processed += 1
         self._room.set()
 
