@@ -41,7 +41,7 @@ _decoder = msgspec.json.Decoder(Envelope)
 def encode(envelope: Envelope) -> bytes:
     try:
         return _encoder.encode(envelope)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise EncodeError(
             f"cannot send task {envelope.task!r}: {exc}. Arguments must be JSON types "
             "(str, int, float, bool, None, list, dict) or datetime, date, UUID, Decimal; "
@@ -52,7 +52,8 @@ def encode(envelope: Envelope) -> bytes:
 def decode(body: bytes) -> Envelope:
     try:
         envelope = _decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+        # (RecursionError: JSON nested deeper than Python can follow)
         raise DecodeError(f"not a Celeriac message: {exc}") from None
     if envelope.v != VERSION:
         raise DecodeError(f"unsupported message version {envelope.v} (this worker reads {VERSION})")
@@ -63,7 +64,7 @@ def dumps(value: Any) -> bytes:
     """Encode a result or other payload as JSON, with the same types as task arguments."""
     try:
         return _encoder.encode(value)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise EncodeError(f"cannot encode {type(value).__name__} as JSON: {exc}") from None
 
 

@@ -61,6 +61,16 @@ class TaskOptions:
     # hard limit the task is stopped and fails with TimeLimitExceeded (see docs/tasks.md).
     soft_time_limit: float | None = None
     time_limit: float | None = None
+    # "100/m" (or /s, /h; a bare number is per second): at most that many starts of this
+    # task, across all workers together; the rest wait in the broker.
+    rate_limit: str | float | None = None
+    # Seconds after sending (or a datetime) past which a task not yet started is not run.
+    expires: float | dt.datetime | None = None
+
+    @property
+    def rate_interval(self) -> float | None:
+        """Seconds between two starts under `rate_limit`; None without one."""
+        return _rate_interval(self.rate_limit) if self.rate_limit else None
 
     def retry_delay(self, retries: int) -> float:
         """Seconds to wait before retry number `retries + 1` of an automatic retry."""
@@ -72,19 +82,29 @@ class TaskOptions:
 
 
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(TaskOptions))
-# Celery options that later Celeriac releases add: refused with a message that says so.
-NOT_YET = frozenset(
-    {
-        "rate_limit",
-        "expires",
-    }
-)
+
+
+RATE_PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _rate_interval(rate: str | float) -> float:
+    """`"100/m"` -> 0.6 (seconds between starts), Celery's notation."""
+    count, _, unit = str(rate).partition("/")
+    try:
+        per_period = float(count)
+        period = RATE_PERIODS[unit or "s"]
+    except (ValueError, KeyError):
+        per_period = period = 0.0
+    if per_period <= 0 or period <= 0:
+        raise ConfigurationError(
+            f"rate_limit={rate!r}: expected a number of starts per second, minute or hour,"
+            ' like "10/s", "100/m" or "1000/h"'
+        )
+    return period / per_period
 
 
 def make_options(options: dict[str, Any]) -> TaskOptions:
     for key in options:
-        if key in NOT_YET:
-            raise ConfigurationError(f"task option {key!r} is not supported by Celeriac yet")
         if key not in OPTION_NAMES:
             raise ConfigurationError(
                 f"unknown task option {key!r}; known options: {', '.join(sorted(OPTION_NAMES))}"
@@ -98,6 +118,8 @@ def make_options(options: dict[str, Any]) -> TaskOptions:
             raise ConfigurationError(
                 f"task option {key}={limit!r} must be a positive number of seconds"
             )
+    if options.get("rate_limit"):
+        _rate_interval(options["rate_limit"])
     if "autoretry_for" in options:
         kinds = options["autoretry_for"]
         kinds = tuple(kinds) if isinstance(kinds, list | tuple) else (kinds,)
@@ -188,7 +210,14 @@ class Task(Generic[P, R]):
         queue = self.options.queue or app.route(self.name)  # once for the whole batch
         priority = self.options.priority
         envelopes = [
-            app.envelope(self.name, args, queue=queue, priority=priority) for args in calls
+            app.envelope(
+                self.name,
+                args,
+                queue=queue,
+                priority=priority,
+                expires=_timestamp(self.options.expires, "expires"),
+            )
+            for args in calls
         ]
         app.publish(envelopes)
         return [AsyncResult(e.id, app, self.name) for e in envelopes]
@@ -216,7 +245,7 @@ class Task(Generic[P, R]):
             args=args,
             kwargs=kwargs,
             eta=_timestamp(countdown if countdown is not None else eta, "eta"),
-            expires=_timestamp(expires, "expires"),
+            expires=_timestamp(expires if expires is not None else self.options.expires, "expires"),
             queue=queue or self.options.queue,
             priority=priority if priority is not None else self.options.priority,
             task_id=task_id,

@@ -683,3 +683,17 @@ def test_revoked_ids_are_forgotten_after_a_day(broker: Broker, queue: str, clock
     assert broker.revoked(["a"]) == {}
     broker.publish([out(queue, "a")])
     assert ids(fetch_all(broker, [queue])) == ["a"]
+
+
+# -- rate limits -----------------------------------------------------------------------------
+
+
+def test_throttle_spaces_the_slots_of_a_key(broker: Broker, clock: Any) -> None:
+    start = clock()
+    assert [broker.throttle("k", 0.5) for _ in range(3)] == pytest.approx(
+        [start, start + 0.5, start + 1.0]
+    )
+    assert broker.throttle("other", 0.5) == pytest.approx(start)
+    clock.advance(10)  # a quiet spell does not bank slots for a burst later
+    assert broker.throttle("k", 0.5) == pytest.approx(start + 10)
+    assert broker.throttle("k", 0.5) == pytest.approx(start + 10.5)

@@ -26,11 +26,36 @@ def test_unknown_option_is_an_error_at_decoration_time(app: Celeriac) -> None:
         def f() -> None: ...
 
 
-def test_celery_option_not_supported_yet_says_so() -> None:
-    with pytest.raises(ConfigurationError, match="'rate_limit' is not supported by Celeriac yet"):
+@pytest.mark.parametrize(
+    ("rate", "interval"), [("10/s", 0.1), ("100/m", 0.6), ("2/h", 1800.0), ("4", 0.25), (2, 0.5)]
+)
+def test_rate_limit_notation(app: Celeriac, rate: Any, interval: float) -> None:
+    @app.task(rate_limit=rate)
+    def f() -> None: ...
 
-        @shared_task(rate_limit="10/m")
+    assert f.options.rate_interval == pytest.approx(interval)
+
+
+@pytest.mark.parametrize("rate", ["10/d", "x/s", "0/m", "-1/s", "/s"])
+def test_bad_rate_limit_is_an_error_at_decoration_time(app: Celeriac, rate: str) -> None:
+    with pytest.raises(ConfigurationError, match=r'rate_limit=.*like "10/s"'):
+
+        @app.task(rate_limit=rate)
         def f() -> None: ...
+
+
+def test_expires_option_is_the_default_for_each_call(app: Celeriac) -> None:
+    @app.task(expires=60)
+    def f() -> None: ...
+
+    before = time.time()
+    f.delay()
+    f.apply_async(expires=5)
+    f.delay_many([()])
+    expiries = [decode(d.body).expires for d in app.broker.fetch(["celeriac"], 10, 30)]
+    assert before + 59 < expiries[0] < time.time() + 61
+    assert before + 4 < expiries[1] < time.time() + 6
+    assert before + 59 < expiries[2] < time.time() + 61
 
 
 @pytest.mark.parametrize("option", ["soft_time_limit", "time_limit"])
@@ -220,3 +245,14 @@ def test_autoretry_for_must_name_exception_classes() -> None:
 
         @shared_task(autoretry_for=("ConnectionError",))
         def f() -> None: ...
+
+
+def test_arguments_nested_too_deep_for_json_are_an_encode_error(app: Celeriac) -> None:
+    @app.task
+    def f(x: Any) -> None: ...
+
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(EncodeError, match="cannot send task"):
+        f.delay(deep)

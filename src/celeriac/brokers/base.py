@@ -156,6 +156,12 @@ class Broker(ABC):
         """Which of these ids are revoked, each with its `terminate` flag."""
 
     @abstractmethod
+    def throttle(self, key: str, interval: float) -> float:
+        """Reserve the next free time slot of a rate limit: slots of one `key` are at
+        least `interval` seconds apart, whoever asks. Returns the slot's unix time (now,
+        or later when the limit is reached)."""
+
+    @abstractmethod
     def purge(self, queue: str) -> int:
         """Delete the ready and delayed messages of a queue (not leased ones); return how many."""
 

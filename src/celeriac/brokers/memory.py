@@ -37,6 +37,7 @@ class MemoryBroker(Broker):
         self._messages: dict[str, _Message] = {}
         self._dead: list[DeadLetter] = []
         self._revoked: dict[str, tuple[float, bool]] = {}  # id -> (until, terminate)
+        self._next_slot: dict[str, float] = {}  # rate limit key -> its next free slot
         self._seq = itertools.count()
 
     def publish(self, messages: Sequence[Outgoing]) -> None:
@@ -190,6 +191,12 @@ class MemoryBroker(Broker):
         now = self.clock()
         with self._lock:
             return {i: self._revoked[i][1] for i in ids if self._is_revoked(i, now)}
+
+    def throttle(self, key: str, interval: float) -> float:
+        with self._lock:
+            slot = max(self._next_slot.get(key, 0.0), self.clock())
+            self._next_slot[key] = slot + interval
+        return slot
 
     def purge(self, queue: str) -> int:
         with self._lock:

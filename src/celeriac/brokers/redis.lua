@@ -23,6 +23,7 @@
 --   P:deadcount      hash: queue -> number of dead letters
 --   P:revoked        zset of revoked ids, score = until when it is remembered
 --   P:terminate      zset of the revoked ids whose running task is to be stopped, same scores
+--   P:rate:<key>     the next free slot (unix time) of a rate limit; expires when unused
 --
 -- A message is in exactly one of P:q:<queue>, P:delayed, P:leased, or dead (P:d:<n>),
 -- and its P:m:<id> hash exists exactly while it is in one of the first three.
@@ -235,6 +236,16 @@ if op == 'revoked' then
     end
   end
   return out
+end
+
+-- throttle <key> <interval>: reserve the next free slot of a rate limit; returns its time
+-- (as a string: Lua numbers become integers in a reply).
+if op == 'throttle' then
+  local key, interval = P .. ':rate:' .. ARGV[4], tonumber(ARGV[5])
+  local slot = math.max(tonumber(redis.call('GET', key) or '0'), now)
+  local ttl = math.ceil((slot + interval - now) * 1000) + 1000
+  redis.call('SET', key, string.format('%.6f', slot + interval), 'PX', ttl)
+  return string.format('%.6f', slot)
 end
 
 -- purge <queue>: the queue's ready and delayed messages; returns how many.

@@ -213,6 +213,9 @@ class RedisBroker(Broker):
         flat = self._run("revoked", *ids)
         return {flat[i].decode(): bool(flat[i + 1]) for i in range(0, len(flat), 2)}
 
+    def throttle(self, key: str, interval: float) -> float:
+        return float(self._run("throttle", key, repr(interval)))
+
     def purge(self, queue: str) -> int:
         return int(self._run("purge", queue))
 

@@ -12,6 +12,7 @@ Tables (created on first use):
         body            the encoded envelope
     celeriac_dead       dead letters: id, queue, body, reason, dead_at
     celeriac_revoked    revoked ids: id, until (unix time), terminate
+    celeriac_rates      rate limits: key, next_slot (unix time)
 
 Every change is one `BEGIN IMMEDIATE` transaction, so fetch-and-lease is atomic across
 processes. A fetch first promotes due delayed rows and takes back expired leases, then
@@ -60,6 +61,10 @@ CREATE TABLE IF NOT EXISTS celeriac_revoked (
     id TEXT PRIMARY KEY,
     until REAL NOT NULL,
     terminate INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS celeriac_rates (
+    key TEXT PRIMARY KEY,
+    next_slot REAL NOT NULL
 );
 """
 
@@ -272,6 +277,19 @@ class SqliteBroker(Broker):
             (self.clock(), *ids),
         )
         return {i: bool(t) for i, t in rows}
+
+    def throttle(self, key: str, interval: float) -> float:
+        now = self.clock()
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "SELECT next_slot FROM celeriac_rates WHERE key = ?", (key,)
+            ).fetchone()
+            slot = max(row[0] if row else 0.0, now)
+            conn.execute(
+                "INSERT OR REPLACE INTO celeriac_rates (key, next_slot) VALUES (?, ?)",
+                (key, slot + interval),
+            )
+        return float(slot)
 
     def purge(self, queue: str) -> int:
         with self.db.transaction() as conn:

@@ -48,6 +48,8 @@ T = TypeVar("T")
 MAX_LOGGED_RESULT = 200
 MAX_SHAPES = 10_000  # argument shapes remembered as fitting (bounds memory)
 REVOKE_POLL = 1.0  # seconds between asking the broker which held messages were revoked
+RATE_SLOT = "rate_slot"  # header: the time slot a rate-limited message waits for
+RATE_EARLY = 0.005  # seconds before its slot that a rate-limited message may start
 
 
 @dataclass
@@ -313,19 +315,13 @@ class Worker:
     # Running one message -------------------------------------------------------------------
 
     async def _handle(self, delivery: Delivery) -> None:
-        async with self._slots:
-            if self._stop.is_set():
-                return  # never started: handed back by _drain
-            self.running += 1
-            try:
-                await self._process(delivery)
-            except Exception:
-                # A broker or backend failure mid-way: stop renewing the lease, so that the
-                # message runs again elsewhere once it ends. The worker itself goes on.
-                log.exception("could not finish message %s; it will be redelivered", delivery.id)
-                self._drop_held(delivery)
-            finally:
-                self.running -= 1
+        try:
+            await self._process(delivery)
+        except Exception:
+            # A broker or backend failure mid-way: stop renewing the lease, so that the
+            # message runs again elsewhere once it ends. The worker itself goes on.
+            log.exception("could not finish message %s; it will be redelivered", delivery.id)
+            self._drop_held(delivery)
 
     async def _process(self, delivery: Delivery) -> None:
         try:
@@ -346,6 +342,40 @@ class Worker:
                 TaskMeta(envelope.id, states.EXPIRED, envelope.task, date_done=time.time()),
             )
             return
+        if delivery.attempt > 1 and envelope.id not in self._revoked:
+            # Fetched again (a retry, a hand-back, a dead worker's): it may have been
+            # revoked while it was out. A first delivery cannot be (see brokers/base.py).
+            self._revoked.update(await self._call(self.app.broker.revoked, [envelope.id]))
+        interval = task.options.rate_interval
+        if interval is not None and not await self._rate_slot(delivery, envelope, interval):
+            return
+        # Only now does the message take a slot: bad, expired and rate-limited ones don't.
+        async with self._slots:
+            if self._stop.is_set():
+                return  # never started: handed back by _drain
+            self.running += 1
+            try:
+                await self._run(delivery, envelope, task)
+            finally:
+                self.running -= 1
+
+    async def _rate_slot(self, delivery: Delivery, envelope: Envelope, interval: float) -> bool:
+        """A rate-limited task runs if its turn has come (True). Else it goes back to wait
+        in the broker until the time slot reserved for it, carried in its headers."""
+        carried = envelope.headers.get(RATE_SLOT)
+        if isinstance(carried, int | float):
+            slot = float(carried)
+        else:
+            slot = await self._call(self.app.broker.throttle, f"task:{envelope.task}", interval)
+        delay = slot - time.time()
+        if delay <= RATE_EARLY:
+            return True
+        again = msgspec.structs.replace(envelope, headers={**envelope.headers, RATE_SLOT: slot})
+        await self._call(self.app.broker.nack, delivery, delay, self.app.encode(again))
+        self._drop_held(delivery)
+        return False
+
+    async def _run(self, delivery: Delivery, envelope: Envelope, task: Task[Any, Any]) -> None:
         request = Request(
             envelope.id,
             envelope.task,
@@ -356,10 +386,6 @@ class Worker:
             envelope.headers,
             envelope.eta,
         )
-        if delivery.attempt > 1 and envelope.id not in self._revoked:
-            # Fetched again (a retry, a hand-back, a dead worker's): it may have been
-            # revoked while it was out. A first delivery cannot be (see brokers/base.py).
-            self._revoked.update(await self._call(self.app.broker.revoked, [envelope.id]))
         if self.track_started and self.app.backend is not None:
             meta = TaskMeta(envelope.id, states.STARTED, envelope.task)
             await self._call(self.app.backend.store, [meta])
@@ -469,7 +495,8 @@ class Worker:
             runtime,
             outcome.error_message,
         )
-        again = msgspec.structs.replace(envelope, retries=envelope.retries + 1)
+        headers = {k: v for k, v in envelope.headers.items() if k != RATE_SLOT}  # a new turn
+        again = msgspec.structs.replace(envelope, retries=envelope.retries + 1, headers=headers)
         body = self.app.encode(again)
         meta = TaskMeta(envelope.id, states.RETRY, envelope.task, info=outcome.error_message)
         backend = self.app.backend
