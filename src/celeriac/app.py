@@ -21,7 +21,16 @@ from .envelope import Envelope, encode
 from .exceptions import ConfigurationError, NotRegistered
 from .result import AsyncResult
 from .signing import Signer
-from .task import BoundTaskDecorator, P, R, Task, TaskDecorator, decorate, shared_tasks
+from .task import (
+    DEFAULT_IDEMPOTENCY_TTL,
+    BoundTaskDecorator,
+    P,
+    R,
+    Task,
+    TaskDecorator,
+    decorate,
+    shared_tasks,
+)
 
 log = logging.getLogger("celeriac")
 
@@ -232,9 +241,12 @@ class Celeriac:
         priority: int | None = None,
         task_id: str | None = None,
         headers: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
     ) -> AsyncResult[Any]:
         """Send a task by name (it need not be importable here). `eta`/`expires` are unix
-        times; `Task.apply_async` takes countdowns and datetimes."""
+        times; `Task.apply_async` takes countdowns and datetimes, and explains the
+        idempotency key."""
         envelope = self.envelope(
             name,
             args,
@@ -245,9 +257,10 @@ class Celeriac:
             priority=priority,
             task_id=task_id,
             headers=headers,
+            idempotency_key=idempotency_key,
         )
-        self.publish([envelope])
-        return AsyncResult(envelope.id, self, name)
+        taken = self.publish([envelope], idempotency_ttl)
+        return AsyncResult(taken.get(envelope.id, envelope.id), self, name)
 
     def send_many(
         self, calls: Iterable[tuple[str, Sequence[Any], dict[str, Any]]]
@@ -270,6 +283,7 @@ class Celeriac:
         priority: int | None = None,
         task_id: str | None = None,
         headers: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
     ) -> Envelope:
         """Build (and check) the message for one task call."""
         priority = self.conf.task_default_priority if priority is None else priority
@@ -288,12 +302,27 @@ class Celeriac:
             expires=expires,
             headers=headers or {},
             sent_at=time.time(),
+            idempotency_key=idempotency_key,
         )
 
-    def publish(self, envelopes: Sequence[Envelope]) -> None:
-        """Encode and publish envelopes in one broker call."""
-        self.broker.publish(
-            [Outgoing(e.id, e.queue, self.encode(e), e.priority, e.eta) for e in envelopes]
+    def publish(
+        self, envelopes: Sequence[Envelope], idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
+    ) -> dict[str, str]:
+        """Encode and publish envelopes in one broker call. Returns, for each envelope not
+        sent because its idempotency key was taken, its id -> the id that holds the key."""
+        return self.broker.publish(
+            [
+                Outgoing(
+                    e.id,
+                    e.queue,
+                    self.encode(e),
+                    e.priority,
+                    e.eta,
+                    e.idempotency_key,
+                    idempotency_ttl,
+                )
+                for e in envelopes
+            ]
         )
 
     def encode(self, envelope: Envelope) -> bytes:

@@ -8,6 +8,7 @@ code or classes. `encode()` runs in the caller, so a value JSON cannot carry fai
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgspec
@@ -32,6 +33,8 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     retries: int = 0
     headers: dict[str, Any] = {}
     sent_at: float = 0.0
+    # Sent once per key within its ttl; a worker does not run it again once it succeeded.
+    idempotency_key: str | None = None
 
 
 _encoder = msgspec.json.Encoder(decimal_format="string")
@@ -58,6 +61,17 @@ def decode(body: bytes) -> Envelope:
     if envelope.v != VERSION:
         raise DecodeError(f"unsupported message version {envelope.v} (this worker reads {VERSION})")
     return envelope
+
+
+_sorted_encoder = msgspec.json.Encoder(decimal_format="string", order="sorted")
+
+
+def call_digest(args: Any, kwargs: Any) -> str:
+    """A hash of a call's arguments that ignores the order of keyword arguments."""
+    try:
+        return hashlib.sha256(_sorted_encoder.encode([args, kwargs])).hexdigest()
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise EncodeError(f"cannot encode the arguments as JSON: {exc}") from None
 
 
 def dumps(value: Any) -> bytes:

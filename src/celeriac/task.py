@@ -28,6 +28,7 @@ from typing import (
 )
 
 from . import states
+from .envelope import call_digest
 from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+DEFAULT_IDEMPOTENCY_TTL = 86400.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,10 @@ class TaskOptions:
     rate_limit: str | float | None = None
     # Seconds after sending (or a datetime) past which a task not yet started is not run.
     expires: float | dt.datetime | None = None
+    # Send at most once per (task, arguments) within idempotency_ttl seconds; see
+    # apply_async(idempotency_key=...) and docs/tasks.md for what this guarantees.
+    idempotent: bool = False
+    idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
 
     @property
     def rate_interval(self) -> float | None:
@@ -118,6 +126,11 @@ def make_options(options: dict[str, Any]) -> TaskOptions:
             raise ConfigurationError(
                 f"task option {key}={limit!r} must be a positive number of seconds"
             )
+    ttl = options.get("idempotency_ttl")
+    if ttl is not None and (not isinstance(ttl, int | float) or ttl <= 0):
+        raise ConfigurationError(
+            f"task option idempotency_ttl={ttl!r} must be a positive number of seconds"
+        )
     if options.get("rate_limit"):
         _rate_interval(options["rate_limit"])
     if "autoretry_for" in options:
@@ -207,6 +220,7 @@ class Task(Generic[P, R]):
         from .result import AsyncResult
 
         app = self.app
+        options = self.options
         queue = self.options.queue or app.route(self.name)  # once for the whole batch
         priority = self.options.priority
         envelopes = [
@@ -215,12 +229,17 @@ class Task(Generic[P, R]):
                 args,
                 queue=queue,
                 priority=priority,
-                expires=_timestamp(self.options.expires, "expires"),
+                expires=_timestamp(options.expires, "expires"),
+                idempotency_key=self.idempotency_key(args, {}) if options.idempotent else None,
             )
             for args in calls
         ]
-        app.publish(envelopes)
-        return [AsyncResult(e.id, app, self.name) for e in envelopes]
+        taken = app.publish(envelopes, options.idempotency_ttl)
+        return [AsyncResult(taken.get(e.id, e.id), app, self.name) for e in envelopes]
+
+    def idempotency_key(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
+        """The key of `idempotent=True`: the task's name and a hash of its arguments."""
+        return f"{self.name}:{call_digest(list(args), kwargs)}"
 
     def apply_async(
         self,
@@ -234,12 +253,18 @@ class Task(Generic[P, R]):
         priority: int | None = None,
         task_id: str | None = None,
         headers: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        idempotency_ttl: float | None = None,
     ) -> AsyncResult[R]:
         """Send the task with options. `countdown` (seconds) or `eta` (datetime; naive means
         UTC) delay it; `expires` (seconds from now, or a datetime) drops it if not started
-        by then; `priority` 0-9, higher first."""
+        by then; `priority` 0-9, higher first. With an `idempotency_key` (or the task option
+        `idempotent=True`), a call whose key was sent within `idempotency_ttl` seconds
+        sends nothing and returns the result of the task that took the key."""
         if countdown is not None and eta is not None:
             raise ConfigurationError("give countdown or eta, not both")
+        if idempotency_key is None and self.options.idempotent:
+            idempotency_key = self.idempotency_key(args or (), kwargs or {})
         return self.app.send_task(
             self.name,
             args=args,
@@ -250,6 +275,10 @@ class Task(Generic[P, R]):
             priority=priority if priority is not None else self.options.priority,
             task_id=task_id,
             headers=headers,
+            idempotency_key=idempotency_key,
+            idempotency_ttl=(
+                idempotency_ttl if idempotency_ttl is not None else self.options.idempotency_ttl
+            ),
         )
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:

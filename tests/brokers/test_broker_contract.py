@@ -697,3 +697,29 @@ def test_throttle_spaces_the_slots_of_a_key(broker: Broker, clock: Any) -> None:
     clock.advance(10)  # a quiet spell does not bank slots for a burst later
     assert broker.throttle("k", 0.5) == pytest.approx(start + 10)
     assert broker.throttle("k", 0.5) == pytest.approx(start + 10.5)
+
+
+# -- idempotency keys ------------------------------------------------------------------------
+
+
+def test_a_taken_key_is_not_published_again(broker: Broker, queue: str, clock: Any) -> None:
+    assert broker.publish([out(queue, "first", key="k", key_ttl=60)]) == {}
+    assert broker.publish([out(queue, "second", key="k", key_ttl=60), out(queue, "free")]) == {
+        "second": "first"
+    }
+    fetched = fetch_all(broker, [queue])
+    assert ids(fetched) == ["first", "free"]
+    broker.ack(fetched)
+    # The key outlives the message: within its ttl a done task is not sent again either.
+    assert broker.publish([out(queue, "third", key="k", key_ttl=60)]) == {"third": "first"}
+    clock.advance(61)
+    assert broker.publish([out(queue, "fourth", key="k", key_ttl=60)]) == {}
+    assert ids(fetch_all(broker, [queue])) == ["fourth"]
+
+
+def test_one_key_twice_in_one_batch(broker: Broker, queue: str) -> None:
+    taken = broker.publish(
+        [out(queue, "a", key="same", key_ttl=60), out(queue, "b", key="same", key_ttl=60)]
+    )
+    assert taken == {"b": "a"}
+    assert ids(fetch_all(broker, [queue])) == ["a"]

@@ -256,3 +256,39 @@ def test_arguments_nested_too_deep_for_json_are_an_encode_error(app: Celeriac) -
         deep = [deep]
     with pytest.raises(EncodeError, match="cannot send task"):
         f.delay(deep)
+
+
+def test_an_idempotency_key_sends_once(app: Celeriac) -> None:
+    @app.task
+    def email(order: int) -> None: ...
+
+    first = email.apply_async((42,), idempotency_key="order-42-email")
+    again = email.apply_async((42,), idempotency_key="order-42-email")
+    other = email.apply_async((43,), idempotency_key="order-43-email")
+    assert again.id == first.id
+    assert other.id != first.id
+    sent = [decode(d.body) for d in app.broker.fetch(["celeriac"], 10, 30)]
+    assert [(e.id, e.idempotency_key) for e in sent] == [
+        (first.id, "order-42-email"),
+        (other.id, "order-43-email"),
+    ]
+
+
+def test_idempotent_tasks_are_keyed_by_name_and_arguments(app: Celeriac) -> None:
+    @app.task(idempotent=True, idempotency_ttl=60)
+    def welcome(user: int, *, lang: str = "en", tone: str = "warm") -> None: ...
+
+    first = welcome.apply_async((1,), {"lang": "fr", "tone": "dry"})
+    assert welcome.apply_async((1,), {"tone": "dry", "lang": "fr"}).id == first.id
+    assert welcome.delay(1, lang="fr", tone="dry").id == first.id
+    assert welcome.delay(2, lang="fr", tone="dry").id != first.id
+    many = welcome.delay_many([(3,), (3,), (4,)])
+    assert many[0].id == many[1].id != many[2].id
+    assert len(app.broker.fetch(["celeriac"], 10, 30)) == 4  # 1, 2, 3 and 4
+
+
+def test_idempotency_ttl_must_be_positive(app: Celeriac) -> None:
+    with pytest.raises(ConfigurationError, match="idempotency_ttl=0 must be a positive"):
+
+        @app.task(idempotent=True, idempotency_ttl=0)
+        def f() -> None: ...

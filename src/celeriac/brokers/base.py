@@ -40,13 +40,17 @@ REVOKE_KEEP = 86400.0  # seconds a revoked id is remembered
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A message to publish. `priority` 0-9, higher first; `eta` is unix time or None."""
+    """A message to publish. `priority` 0-9, higher first; `eta` is unix time or None.
+    With a `key`, the message is stored only if no message took that key within the last
+    `key_ttl` seconds (an idempotency key)."""
 
     id: str
     queue: str
     body: bytes
     priority: int = 0
     eta: float | None = None
+    key: str | None = None
+    key_ttl: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +103,10 @@ class Broker(ABC):
         self.clock = clock
 
     @abstractmethod
-    def publish(self, messages: Sequence[Outgoing]) -> None:
+    def publish(self, messages: Sequence[Outgoing]) -> dict[str, str]:
         """Store messages durably; when this returns they survive a crash of this process.
-        A message id already queued (not yet acked) is not stored twice."""
+        A message id already queued (not yet acked) is not stored twice. A message whose
+        `key` is taken is not stored: the result maps its id to the id holding the key."""
 
     @abstractmethod
     def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:

@@ -38,17 +38,26 @@ class MemoryBroker(Broker):
         self._dead: list[DeadLetter] = []
         self._revoked: dict[str, tuple[float, bool]] = {}  # id -> (until, terminate)
         self._next_slot: dict[str, float] = {}  # rate limit key -> its next free slot
+        self._keys: dict[str, tuple[str, float]] = {}  # idempotency key -> (id, until)
         self._seq = itertools.count()
 
-    def publish(self, messages: Sequence[Outgoing]) -> None:
+    def publish(self, messages: Sequence[Outgoing]) -> dict[str, str]:
         now = self.clock()
+        taken: dict[str, str] = {}
         with self._lock:
             for m in messages:
+                if m.key is not None:
+                    holder = self._keys.get(m.key)
+                    if holder is not None and holder[1] > now:
+                        taken[m.id] = holder[0]
+                        continue
+                    self._keys[m.key] = (m.id, now + m.key_ttl)
                 if m.id not in self._messages and not self._is_revoked(m.id, now):
                     eta = now if m.eta is None else m.eta
                     self._messages[m.id] = _Message(
                         m.id, m.queue, m.body, m.priority, eta, next(self._seq)
                     )
+        return taken
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
         if not queues or limit <= 0:

@@ -24,6 +24,7 @@
 --   P:revoked        zset of revoked ids, score = until when it is remembered
 --   P:terminate      zset of the revoked ids whose running task is to be stopped, same scores
 --   P:rate:<key>     the next free slot (unix time) of a rate limit; expires when unused
+--   P:key:<key>      '<until> <id>': the message that took an idempotency key, and until when
 --
 -- A message is in exactly one of P:q:<queue>, P:delayed, P:leased, or dead (P:d:<n>),
 -- and its P:m:<id> hash exists exactly while it is in one of the first three.
@@ -72,16 +73,32 @@ local function owned(id, attempt)
     and redis.call('HGET', P .. ':m:' .. id, 'attempt') == attempt
 end
 
--- publish <n> (<id> <queue> <priority> <eta or ''> <body>) * n
+-- publish <n> (<id> <queue> <priority> <eta or ''> <body> <key or ''> <key ttl ms>) * n
+-- Returns (id, holder)* for the messages not stored because their key was taken.
 if op == 'publish' then
-  local n, woken, seen = tonumber(ARGV[4]), {}, {}
+  local n, woken, seen, taken = tonumber(ARGV[4]), {}, {}, {}
   local any_revoked = redis.call('EXISTS', P .. ':revoked') == 1
   for i = 0, n - 1 do
-    local base = 5 + i * 5
+    local base = 5 + i * 7
     local id, queue, priority, eta, body =
       ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
     local mkey = P .. ':m:' .. id
-    if redis.call('EXISTS', mkey) == 0 and not (any_revoked and is_revoked(id)) then
+    local free = true
+    if ARGV[base + 5] ~= '' then
+      -- The value is '<until> <id>': <until> on the callers' clock, as for leases.
+      local kkey, ttl_ms = P .. ':key:' .. ARGV[base + 5], tonumber(ARGV[base + 6])
+      local held = redis.call('GET', kkey)
+      local space = held and string.find(held, ' ', 1, true)
+      if space and tonumber(string.sub(held, 1, space - 1)) > now then
+        table.insert(taken, id)
+        table.insert(taken, string.sub(held, space + 1))
+        free = false
+      else
+        local until_text = string.format('%.6f', now + ttl_ms / 1000)
+        redis.call('SET', kkey, until_text .. ' ' .. id, 'PX', ttl_ms + 1000)
+      end
+    end
+    if free and redis.call('EXISTS', mkey) == 0 and not (any_revoked and is_revoked(id)) then
       local due = eta == '' and now or tonumber(eta)
       local seq = redis.call('INCR', P .. ':seq')
       redis.call('HSET', mkey, 'body', body, 'queue', queue, 'priority', priority,
@@ -102,7 +119,7 @@ if op == 'publish' then
     redis.call('LPUSH', P .. ':wake:' .. queue, 1)
     redis.call('LTRIM', P .. ':wake:' .. queue, 0, 0)
   end
-  return n
+  return taken
 end
 
 -- fetch <lease deadline> <limit> <max expiries> <queue>...

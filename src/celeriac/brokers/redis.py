@@ -73,15 +73,18 @@ class RedisBroker(Broker):
         argv = self.argv(op, *args)
         return call(self.url, lambda: self._script(keys=[], args=argv))
 
-    def publish(self, messages: Sequence[Outgoing]) -> None:
+    def publish(self, messages: Sequence[Outgoing]) -> dict[str, str]:
         if not messages:
-            return
+            return {}
         args: list[Any] = [len(messages)]
         for m in messages:
-            args += [m.id, m.queue, m.priority, "" if m.eta is None else repr(m.eta), m.body]
-        self._run("publish", *args)
+            eta = "" if m.eta is None else repr(m.eta)
+            key_ttl_ms = max(1, int(m.key_ttl * 1000))
+            args += [m.id, m.queue, m.priority, eta, m.body, m.key or "", key_ttl_ms]
+        flat = self._run("publish", *args)
         if self.durable_publish:
             self._wait_for_fsync()
+        return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
     def _wait_for_fsync(self) -> None:
         """`WAITAOF 1 0`: block until this server has fsynced the write to its AOF."""

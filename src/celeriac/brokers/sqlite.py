@@ -13,6 +13,7 @@ Tables (created on first use):
     celeriac_dead       dead letters: id, queue, body, reason, dead_at
     celeriac_revoked    revoked ids: id, until (unix time), terminate
     celeriac_rates      rate limits: key, next_slot (unix time)
+    celeriac_keys       idempotency keys: key, id (of the message that took it), until
 
 Every change is one `BEGIN IMMEDIATE` transaction, so fetch-and-lease is atomic across
 processes. A fetch first promotes due delayed rows and takes back expired leases, then
@@ -61,6 +62,11 @@ CREATE TABLE IF NOT EXISTS celeriac_revoked (
     id TEXT PRIMARY KEY,
     until REAL NOT NULL,
     terminate INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS celeriac_keys (
+    key TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    until REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS celeriac_rates (
     key TEXT PRIMARY KEY,
@@ -113,8 +119,35 @@ class SqliteBroker(Broker):
             text = self._placeholders[n] = ",".join(f":q{i}" for i in range(n))
         return text
 
-    def publish(self, messages: Sequence[Outgoing]) -> None:
+    def publish(self, messages: Sequence[Outgoing]) -> dict[str, str]:
         now = self.clock()
+        with self.db.transaction() as conn:
+            taken = self._take_keys(conn, messages, now) if any(m.key for m in messages) else {}
+            self._insert(conn, [m for m in messages if m.id not in taken], now)
+        return taken
+
+    @staticmethod
+    def _take_keys(
+        conn: sqlite3.Connection, messages: Sequence[Outgoing], now: float
+    ) -> dict[str, str]:
+        taken = {}
+        for m in messages:
+            if m.key is None:
+                continue
+            row = conn.execute(
+                "SELECT id FROM celeriac_keys WHERE key = ? AND until > ?", (m.key, now)
+            ).fetchone()
+            if row is not None:
+                taken[m.id] = row[0]
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO celeriac_keys (key, id, until) VALUES (?, ?, ?)",
+                    (m.key, m.id, now + m.key_ttl),
+                )
+        return taken
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, messages: Sequence[Outgoing], now: float) -> None:
         rows = [
             (
                 m.id,
@@ -126,13 +159,12 @@ class SqliteBroker(Broker):
             )
             for m in messages
         ]
-        with self.db.transaction() as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO celeriac_messages (id, queue, priority, eta, state, body)"
-                " SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS"
-                " (SELECT 1 FROM celeriac_revoked WHERE id = ?1 AND until > ?7)",
-                [(*row, now) for row in rows],
-            )
+        conn.executemany(
+            "INSERT OR IGNORE INTO celeriac_messages (id, queue, priority, eta, state, body)"
+            " SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS"
+            " (SELECT 1 FROM celeriac_revoked WHERE id = ?1 AND until > ?7)",
+            [(*row, now) for row in rows],
+        )
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
         if not queues or limit <= 0:

@@ -397,10 +397,40 @@ class Worker:
             )
             self._finish(delivery, meta)
             return
+        keyed = (envelope.idempotency_key is not None or task.options.idempotent) and (
+            self.app.backend is not None
+        )
+        if keyed and delivery.attempt > 1 and await self._succeeded_before(envelope):
+            self._finish(delivery, None)  # its stored result stays
+            return
         started = time.perf_counter()
         outcome = await self._execute(task, request)
         runtime = time.perf_counter() - started
+        if (
+            keyed
+            and outcome.kind == "success"
+            and not (await self.io.renew([delivery], self.lease))[0]
+        ):
+            # Its lease ran out while it ran, so another worker runs it too: only one of
+            # them may record a success, and that is the one holding the lease.
+            log.warning(
+                "Task %s[%s] lost its lease while running; its result is dropped",
+                envelope.task,
+                envelope.id,
+            )
+            self._drop_held(delivery)
+            return
         await self._record(delivery, envelope, task, outcome, runtime)
+
+    async def _succeeded_before(self, envelope: Envelope) -> bool:
+        """An idempotent task fetched again: did an earlier run already succeed (and its
+        worker die before the ack)?"""
+        backend = self.app.backend
+        meta = await self._call(backend.get, envelope.id) if backend is not None else None
+        if meta is None or meta.state != states.SUCCESS:
+            return False
+        log.info("Task %s[%s] already succeeded: not run again", envelope.task, envelope.id)
+        return True
 
     def _check_arguments(self, task: Task[Any, Any], envelope: Envelope) -> None:
         """Do the arguments fit the function? Whether they bind depends only on how many
