@@ -61,6 +61,9 @@ class TaskOptions:
     retry_backoff: bool | float = False
     retry_backoff_max: float = 600.0
     retry_jitter: bool = True
+    # A final failure (retries exhausted) also moves the message to the dead letters, from
+    # where `celeriac dlq replay` runs it again.
+    dead_letter_on_failure: bool = False
     # Seconds: at the soft limit SoftTimeLimitExceeded is raised inside the task; at the
     # hard limit the task is stopped and fails with TimeLimitExceeded (see docs/tasks.md).
     soft_time_limit: float | None = None

@@ -39,10 +39,10 @@ async def async_loop(tag, seconds=30.0):
 
 
 def _assert_revoked(result) -> None:
-    assert result.state == "REVOKED"
-    error = result.get(timeout=10, propagate=False)
+    error = result.get(timeout=10, propagate=False)  # (stored just after the log line)
     assert isinstance(error, TaskFailed)
     assert error.exc_type == "TaskRevokedError"
+    assert result.state == "REVOKED"
 
 
 def test_queued_and_delayed_tasks_never_run(make_project, start_worker, wait_until):

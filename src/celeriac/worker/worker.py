@@ -467,18 +467,7 @@ class Worker:
     ) -> None:
         name, tid = envelope.task, envelope.id
         if outcome.kind == "success":
-            try:
-                size = len(dumps(outcome.value))
-            except EncodeError as exc:
-                outcome = Outcome("failure", error_type="EncodeError", error_message=str(exc))
-            else:
-                limit = self.app.conf.result_max_bytes
-                if size > limit:
-                    message = (
-                        f"the result is {size} bytes, over result_max_bytes ({limit}):"
-                        " store big results elsewhere and return a reference to them"
-                    )
-                    outcome = Outcome("failure", error_type="ResultTooLarge", error_message=message)
+            outcome = self._storable(outcome)
         now = time.time()
         if outcome.kind == "success":
             if log.isEnabledFor(logging.INFO):
@@ -508,10 +497,31 @@ class Worker:
         else:
             await self._crashed(delivery, envelope, outcome)
             return
+        if outcome.kind == "failure" and task.options.dead_letter_on_failure:
+            reason = f"{outcome.error_type}: {outcome.error_message}"
+            await self._dead_letter(
+                delivery, f"{reason} (after {envelope.retries} retries)", meta=meta
+            )
+            return
         ignore = task.options.ignore_result
         if ignore is None:
             ignore = self.app.conf.task_ignore_result
         self._finish(delivery, None if ignore else meta)
+
+    def _storable(self, outcome: Outcome) -> Outcome:
+        """A success whose result JSON cannot carry, or is too big to store, is a failure."""
+        try:
+            size = len(dumps(outcome.value))
+        except EncodeError as exc:
+            return Outcome("failure", error_type="EncodeError", error_message=str(exc))
+        limit = self.app.conf.result_max_bytes
+        if size > limit:
+            message = (
+                f"the result is {size} bytes, over result_max_bytes ({limit}):"
+                " store big results elsewhere and return a reference to them"
+            )
+            return Outcome("failure", error_type="ResultTooLarge", error_message=message)
+        return outcome
 
     async def _retry(
         self, delivery: Delivery, envelope: Envelope, outcome: Outcome, runtime: float
@@ -561,14 +571,17 @@ class Worker:
         self._drop_held(delivery)
 
     async def _dead_letter(
-        self, delivery: Delivery, reason: str, envelope: Envelope | None = None
+        self,
+        delivery: Delivery,
+        reason: str,
+        envelope: Envelope | None = None,
+        meta: TaskMeta | None = None,
     ) -> None:
-        """Quarantine a message. If it could be decoded, its result says why, so that a
-        caller waiting on it gets an error instead of waiting forever."""
+        """Quarantine a message. If it could be decoded, its result says why (or is `meta`),
+        so that a caller waiting on it gets an error instead of waiting forever."""
         log.error("message %s dead-lettered: %s", delivery.id, reason)
         backend = self.app.backend
-        meta = None
-        if envelope is not None and backend is not None:
+        if meta is None and envelope is not None and backend is not None:
             error_type, _, message = reason.partition(": ")
             error = {"type": error_type, "message": f"dead-lettered: {message}"}
             meta = TaskMeta(
