@@ -224,8 +224,8 @@ class Task(Generic[P, R]):
 
         app = self.app
         options = self.options
-        queue = self.options.queue or app.route(self.name)  # once for the whole batch
-        priority = self.options.priority
+        queue = options.queue or app.route(self.name)  # once for the whole batch
+        priority = options.priority
         envelopes = [
             app.envelope(
                 self.name,

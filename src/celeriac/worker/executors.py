@@ -249,8 +249,10 @@ class ThreadExecutor:
         try:
             run.attach()
             return run_sync(task, request)
-        except (_Stop, SoftTimeLimitExceeded):  # arrived after the task returned
+        except _Stop:  # the worker has moved on: this outcome is not used
             return REVOKED
+        except SoftTimeLimitExceeded as exc:  # it arrived just after the task returned
+            return Outcome("failure", error_type=type(exc).__name__, error_message=str(exc))
         finally:
             run.detach()
             with self._lock:

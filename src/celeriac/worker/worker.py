@@ -346,6 +346,8 @@ class Worker:
             # Fetched again (a retry, a hand-back, a dead worker's): it may have been
             # revoked while it was out. A first delivery cannot be (see brokers/base.py).
             self._revoked.update(await self._call(self.app.broker.revoked, [envelope.id]))
+        if self._skip_if_revoked(delivery, envelope):
+            return
         interval = task.options.rate_interval
         if interval is not None and not await self._rate_slot(delivery, envelope, interval):
             return
@@ -389,13 +391,7 @@ class Worker:
         if self.track_started and self.app.backend is not None:
             meta = TaskMeta(envelope.id, states.STARTED, envelope.task)
             await self._call(self.app.backend.store, [meta])
-        if envelope.id in self._revoked:  # learnt of after it was fetched
-            log.info("Task %s[%s] revoked: not run", envelope.task, envelope.id)
-            now = time.time()
-            meta = TaskMeta(
-                envelope.id, states.REVOKED, envelope.task, REVOKED_ERROR, date_done=now
-            )
-            self._finish(delivery, meta)
+        if self._skip_if_revoked(delivery, envelope):  # learnt of while it waited
             return
         keyed = (envelope.idempotency_key is not None or task.options.idempotent) and (
             self.app.backend is not None
@@ -421,6 +417,16 @@ class Worker:
             self._drop_held(delivery)
             return
         await self._record(delivery, envelope, task, outcome, runtime)
+
+    def _skip_if_revoked(self, delivery: Delivery, envelope: Envelope) -> bool:
+        if envelope.id not in self._revoked:
+            return False
+        log.info("Task %s[%s] revoked: not run", envelope.task, envelope.id)
+        meta = TaskMeta(
+            envelope.id, states.REVOKED, envelope.task, REVOKED_ERROR, date_done=time.time()
+        )
+        self._finish(delivery, meta)
+        return True
 
     async def _succeeded_before(self, envelope: Envelope) -> bool:
         """An idempotent task fetched again: did an earlier run already succeed (and its
