@@ -7,6 +7,7 @@ Everything exported here is the public API; other modules may change.
 
 from . import states
 from .app import Celeriac, current_app
+from .canvas import Signature, chain, chord, group, signature
 from .exceptions import (
     AppNotFoundError,
     BrokerError,
@@ -17,10 +18,12 @@ from .exceptions import (
     MaxRetriesExceededError,
     NotRegistered,
     Retry,
+    SoftTimeLimitExceeded,
     TaskFailed,
+    TimeLimitExceeded,
     TimeoutError,
 )
-from .result import AsyncResult
+from .result import AsyncResult, GroupResult
 from .task import Request, Task, shared_task
 
 __all__ = [
@@ -32,15 +35,23 @@ __all__ = [
     "ConfigurationError",
     "DecodeError",
     "EncodeError",
+    "GroupResult",
     "MaxRetriesExceededError",
     "NotRegistered",
     "Request",
     "Retry",
+    "Signature",
+    "SoftTimeLimitExceeded",
     "Task",
     "TaskFailed",
+    "TimeLimitExceeded",
     "TimeoutError",
+    "chain",
+    "chord",
     "current_app",
+    "group",
     "shared_task",
+    "signature",
     "states",
 ]
 

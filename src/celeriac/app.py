@@ -75,6 +75,7 @@ class Celeriac:
         self._backend: ResultBackend | None = None
         self._backend_loaded = False
         self._signer: Signer | None = None
+        self._builtins: dict[str, Task[Any, Any]] | None = None
         overrides = dict(settings)
         if broker is not None:
             overrides["broker_url"] = broker
@@ -168,7 +169,26 @@ class Celeriac:
         self._import_task_modules()
         found = {t.name: t for t in shared_tasks()}
         found.update(self._own_tasks)
+        found.update(self._builtin_tasks())
         return found
+
+    def _builtin_tasks(self) -> dict[str, Task[Any, Any]]:
+        """`celeriac.map` and `celeriac.starmap`, the tasks of `task.map()` / `.starmap()`."""
+        if self._builtins is None:
+            from .canvas import MAP_TASK, STARMAP_TASK, run_map
+            from .task import TaskOptions
+
+            def map_task(task_name: str, items: list[Any]) -> list[Any]:
+                return run_map(self, task_name, items, star=False)
+
+            def starmap_task(task_name: str, items: list[Any]) -> list[Any]:
+                return run_map(self, task_name, items, star=True)
+
+            self._builtins = {
+                MAP_TASK: Task(map_task, TaskOptions(name=MAP_TASK), self),
+                STARMAP_TASK: Task(starmap_task, TaskOptions(name=STARMAP_TASK), self),
+            }
+        return self._builtins
 
     def get_task(self, name: str) -> Task[Any, Any]:
         task = self._own_tasks.get(name) or self.tasks.get(name)

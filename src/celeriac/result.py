@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from . import states
@@ -21,6 +23,7 @@ class AsyncResult(Generic[R]):
         self.id = id
         self.app = app
         self.name = task_name
+        self.parent: GroupResult | None = None  # a chord's header, for its body's result
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
@@ -107,6 +110,91 @@ class AsyncResult(Generic[R]):
     def forget(self) -> None:
         """Delete the stored state and result."""
         self._backend().forget(self.id)
+
+
+class GroupResult:
+    """The results of a group's members, in order (a member may itself be a group)."""
+
+    def __init__(
+        self, id: str, results: list[AsyncResult[Any] | GroupResult], app: Celeriac
+    ) -> None:
+        self.id = id
+        self.results = results
+        self.app = app
+
+    @classmethod
+    def restore(cls, id: str, app: Celeriac) -> GroupResult | None:
+        """The group saved under this id (a group's id, or a chord's), if any."""
+        backend = app.backend
+        members = backend.get_group(id) if backend is not None else None
+        if members is None:
+            return None
+        return cls(id, [AsyncResult(m, app) for m in members], app)
+
+    def __repr__(self) -> str:
+        return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+    def __iter__(self) -> Iterator[AsyncResult[Any] | GroupResult]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def _leaves(self) -> list[AsyncResult[Any]]:
+        found: list[AsyncResult[Any]] = []
+        for r in self.results:
+            found.extend(r._leaves() if isinstance(r, GroupResult) else [r])
+        return found
+
+    def member_metas(self) -> list[TaskMeta]:
+        """What is stored of each member (PENDING for nothing), in order, nested flattened."""
+        leaves = self._leaves()
+        backend = leaves[0]._backend() if leaves else None
+        found = backend.get_many([r.id for r in leaves]) if backend is not None else []
+        return [m or TaskMeta(r.id, states.PENDING) for r, m in zip(leaves, found, strict=True)]
+
+    def completed_count(self) -> int:
+        """How many members succeeded."""
+        return sum(m.state == states.SUCCESS for m in self.member_metas())
+
+    def ready(self) -> bool:
+        return all(m.ready for m in self.member_metas())
+
+    def successful(self) -> bool:
+        return all(m.state == states.SUCCESS for m in self.member_metas())
+
+    def failed(self) -> bool:
+        return any(m.state == states.FAILURE for m in self.member_metas())
+
+    def waiting(self) -> bool:
+        return not self.ready()
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        """The members' progress summed, each member counting as one: a finished member
+        1, a running one the fraction it last reported, others 0."""
+        current, done = 0.0, 0
+        metas = self.member_metas()
+        for meta in metas:
+            info = meta.info if isinstance(meta.info, dict) else {}
+            if meta.ready:
+                done += 1
+                current += 1
+            elif info.get("total"):
+                current += min(1.0, float(info.get("current") or 0) / float(info["total"]))
+        return {"current": current, "total": len(metas), "message": f"{done}/{len(metas)} done"}
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+        """Wait for every member; their results in order. A failed member raises its
+        `TaskFailed` when `propagate` is true (else stands in the list)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for r in self.results:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(r.get(timeout=left, propagate=propagate))
+        return values
+
+    join = get
 
 
 def _error(meta: TaskMeta) -> TaskFailed:

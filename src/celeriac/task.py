@@ -33,6 +33,7 @@ from .exceptions import ConfigurationError, MaxRetriesExceededError, Retry
 
 if TYPE_CHECKING:
     from .app import Celeriac
+    from .canvas import Signature, group
     from .result import AsyncResult
 
 P = ParamSpec("P")
@@ -282,6 +283,52 @@ class Task(Generic[P, R]):
             idempotency_ttl=(
                 idempotency_ttl if idempotency_ttl is not None else self.options.idempotency_ttl
             ),
+        )
+
+    # Workflows -------------------------------------------------------------------------
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """This task with some arguments, not sent yet; in a chain it gets the previous
+        step's result before these."""
+        from .canvas import task_signature
+
+        return task_signature(self, args, kwargs, immutable=False)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """Like `s()`, but immutable: in a chain it does not get the previous result."""
+        from .canvas import task_signature
+
+        return task_signature(self, args, kwargs, immutable=True)
+
+    def signature(
+        self, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, **options: Any
+    ) -> Signature:
+        from .canvas import task_signature
+
+        return task_signature(self, args, kwargs or {}, immutable=False).set(**options)
+
+    def map(self, items: Iterable[Any]) -> Signature:
+        """One task that calls this one for each item, in order: returns their results."""
+        from .canvas import MAP_TASK, Signature
+
+        return Signature(MAP_TASK, [self.name, list(items)], app=self._app)
+
+    def starmap(self, items: Iterable[Sequence[Any]]) -> Signature:
+        """Like `map`, each item being the positional arguments of one call."""
+        from .canvas import STARMAP_TASK, Signature
+
+        return Signature(STARMAP_TASK, [self.name, [list(i) for i in items]], app=self._app)
+
+    def chunks(self, items: Iterable[Sequence[Any]], n: int) -> group:
+        """A group of `starmap` tasks of `n` items each: `apply_async()` gives a
+        `GroupResult` whose results are the lists of each chunk's results."""
+        from .canvas import group
+
+        if n < 1:
+            raise ConfigurationError(f"chunks of {n} items: n must be at least 1")
+        calls = [list(i) for i in items]
+        return group(
+            [self.starmap(calls[i : i + n]) for i in range(0, len(calls), n)], app=self._app
         )
 
     def AsyncResult(self, task_id: str) -> AsyncResult[R]:

@@ -298,3 +298,27 @@ def test_results_last_the_default_expiry(backend: ResultBackend, task_id: str) -
 
 def test_task_meta_ready() -> None:
     assert {s for s in states.ALL_STATES if TaskMeta("x", s).ready} == states.READY_STATES
+
+
+# -- groups and chords -----------------------------------------------------------------------
+
+
+def test_a_group_keeps_its_members_in_order(backend: ResultBackend, task_id: str) -> None:
+    members = [f"{task_id}-{n}" for n in (3, 1, 2)]
+    assert backend.get_group(task_id) is None
+    backend.save_group(task_id, members)
+    assert backend.get_group(task_id) == members
+
+
+def test_chord_done_counts_each_member_once(backend: ResultBackend, task_id: str) -> None:
+    assert backend.chord_done(task_id, "a") == 1
+    assert backend.chord_done(task_id, "b") == 2
+    assert backend.chord_done(task_id, "a") == 2  # a redelivered member
+    assert backend.chord_done(f"{task_id}-other", "a") == 1
+
+
+def test_get_many_keeps_the_order_and_the_gaps(backend: ResultBackend, task_id: str) -> None:
+    backend.store([TaskMeta(f"{task_id}-1", states.SUCCESS, result=1)])
+    backend.store([TaskMeta(f"{task_id}-2", states.FAILURE, result={"type": "E"})])
+    found = backend.get_many([f"{task_id}-2", f"{task_id}-missing", f"{task_id}-1"])
+    assert [m.state if m else None for m in found] == [states.FAILURE, None, states.SUCCESS]

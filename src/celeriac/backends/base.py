@@ -53,6 +53,24 @@ class ResultBackend(ABC):
     def get(self, task_id: str) -> TaskMeta | None:
         """The latest state, or None if nothing is stored (or it expired / was forgotten)."""
 
+    def get_many(self, task_ids: Sequence[str]) -> list[TaskMeta | None]:
+        return [self.get(task_id) for task_id in task_ids]
+
+    @abstractmethod
+    def save_group(self, group_id: str, member_ids: Sequence[str]) -> None:
+        """Remember the result ids of a group (or chord header), in order; they expire
+        `self.expires` seconds later."""
+
+    @abstractmethod
+    def get_group(self, group_id: str) -> list[str] | None:
+        """The member result ids of a group, or None if none is saved under this id."""
+
+    @abstractmethod
+    def chord_done(self, group_id: str, member_id: str) -> int:
+        """Count a chord member as done; returns how many distinct members are. Counting
+        a member twice (a redelivered message) changes nothing, so the count reaches the
+        chord's size once every member is done, whatever was delivered twice."""
+
     @abstractmethod
     def forget(self, task_id: str) -> None:
         """Delete what is stored for the task."""

@@ -18,6 +18,8 @@ class MemoryBackend(ResultBackend):
         super().__init__(url, **options)
         self._changed = threading.Condition()
         self._metas: dict[str, tuple[TaskMeta, float | None]] = {}
+        self._groups: dict[str, list[str]] = {}
+        self._chords: dict[str, set[str]] = {}
 
     def store(self, metas: Sequence[TaskMeta]) -> None:
         # Through JSON, as every backend stores results: the same types come back (a tuple
@@ -51,6 +53,21 @@ class MemoryBackend(ResultBackend):
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"task {task_id} not ready after {timeout}s")
                 self._changed.wait(remaining)
+
+    def save_group(self, group_id: str, member_ids: Sequence[str]) -> None:
+        with self._changed:
+            self._groups[group_id] = list(member_ids)
+
+    def get_group(self, group_id: str) -> list[str] | None:
+        with self._changed:
+            members = self._groups.get(group_id)
+        return None if members is None else list(members)
+
+    def chord_done(self, group_id: str, member_id: str) -> int:
+        with self._changed:
+            done = self._chords.setdefault(group_id, set())
+            done.add(member_id)
+            return len(done)
 
     def forget(self, task_id: str) -> None:
         with self._changed:

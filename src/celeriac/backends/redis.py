@@ -3,6 +3,8 @@
     <prefix>:r:<task id>       the TaskMeta as JSON; ready states expire after
                                `result_expires` (by Redis itself), others do not
     <prefix>:done:<task id>    channel: the stored value, when the task reaches a ready state
+    <prefix>:g:<group id>      a group's member result ids (JSON list); expires with results
+    <prefix>:chord:<group id>  set of a chord's members that are done; expires with results
 
 `wait` subscribes, then reads the key, then (if the task is not done) waits for the
 message, which carries the value: a result stored between the steps is never missed, and
@@ -116,6 +118,33 @@ class RedisBackend(ResultBackend):
             local.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             local.pid = os.getpid()
         return local.pubsub
+
+    def get_many(self, task_ids: Sequence[str]) -> list[TaskMeta | None]:
+        if not task_ids:
+            return []
+        raws = call(self.url, lambda: self.client.mget([self._key(i) for i in task_ids]))
+        return [self._decode(i, raw) for i, raw in zip(task_ids, raws, strict=True)]
+
+    def save_group(self, group_id: str, member_ids: Sequence[str]) -> None:
+        ttl = max(1, int(self.expires * 1000))
+        key, value = f"{self.prefix}:g:{group_id}", dumps(list(member_ids))
+        call(self.url, lambda: self.client.set(key, value, px=ttl))
+
+    def get_group(self, group_id: str) -> list[str] | None:
+        raw = call(self.url, lambda: self.client.get(f"{self.prefix}:g:{group_id}"))
+        return None if raw is None else list(loads(raw))
+
+    def chord_done(self, group_id: str, member_id: str) -> int:
+        key, ttl = f"{self.prefix}:chord:{group_id}", max(1, int(self.expires * 1000))
+
+        def add() -> int:
+            pipe = self.client.pipeline(transaction=True)  # MULTI: add and count as one
+            pipe.sadd(key, member_id)
+            pipe.scard(key)
+            pipe.pexpire(key, ttl)
+            return int(pipe.execute()[1])
+
+        return call(self.url, add)
 
     def forget(self, task_id: str) -> None:
         call(self.url, lambda: self.client.delete(self._key(task_id)))

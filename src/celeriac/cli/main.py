@@ -17,6 +17,7 @@ from typing import Any
 from .. import states
 from ..app import Celeriac
 from ..exceptions import CeleriacError, ConfigurationError
+from ..result import AsyncResult, GroupResult
 from .loader import load_app
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(process)d] %(message)s"
@@ -280,12 +281,15 @@ def _progress_bar(info: dict[str, Any], width: int = 30) -> str:
 def cmd_result(args: argparse.Namespace) -> int:
     app = _app(args)
     result = app.AsyncResult(args.task_id)
+    # A group's id, or a chord's (its body's id): wait for all of it, summing progress.
+    members = GroupResult.restore(args.task_id, app)
+    watched: AsyncResult[Any] | GroupResult = members if members is not None else result
     if args.wait:
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         tty = sys.stderr.isatty()
         last_line = ""
-        while not result.ready():
-            progress = result.progress
+        while not watched.ready():
+            progress = watched.progress
             line = _progress_bar(progress) if progress is not None else ""
             if line and line != last_line:
                 # On a terminal the bar redraws in place; in a log, one line per change.
@@ -293,11 +297,14 @@ def cmd_result(args: argparse.Namespace) -> int:
                 sys.stderr.flush()
                 last_line = line
             if deadline is not None and time.monotonic() >= deadline:
-                print(f"celeriac: still {result.state} after {args.timeout}s", file=sys.stderr)
+                state = "running" if members is not None else result.state
+                print(f"celeriac: still {state} after {args.timeout}s", file=sys.stderr)
                 return 1
             time.sleep(0.1)
         if tty and last_line:
             sys.stderr.write("\n")
+    if members is not None and args.task_id not in {r.id for r in members}:
+        return _print_group(members)
     backend = app.backend
     meta = backend.get(args.task_id) if backend is not None else None
     out: dict[str, Any] = {"id": args.task_id, "state": meta.state if meta else states.PENDING}
@@ -307,6 +314,20 @@ def cmd_result(args: argparse.Namespace) -> int:
             out["info"] = meta.info
         if meta.traceback:
             out["traceback"] = meta.traceback
+    print(json.dumps(out, indent=2, default=str))
+    return 1 if out["state"] == states.FAILURE else 0
+
+
+def _print_group(group: GroupResult) -> int:
+    metas = group.member_metas()
+    state = states.SUCCESS if all(m.state == states.SUCCESS for m in metas) else states.PENDING
+    if any(m.state == states.FAILURE for m in metas):
+        state = states.FAILURE
+    out = {
+        "id": group.id,
+        "state": state,
+        "results": [{"id": m.task_id, "state": m.state, "result": m.result} for m in metas],
+    }
     print(json.dumps(out, indent=2, default=str))
     return 1 if out["state"] == states.FAILURE else 0
 

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from .. import states
+from .. import canvas, states
 from ..app import Celeriac
 from ..backends.base import TaskMeta
 from ..brokers.base import Delivery
@@ -337,16 +337,14 @@ class Worker:
             return
         if envelope.expires is not None and envelope.expires < time.time():
             log.info("Task %s[%s] expired", envelope.task, envelope.id)
-            self._finish(
-                delivery,
-                TaskMeta(envelope.id, states.EXPIRED, envelope.task, date_done=time.time()),
-            )
+            meta = TaskMeta(envelope.id, states.EXPIRED, envelope.task, date_done=time.time())
+            await self._conclude(delivery, envelope, meta)
             return
         if delivery.attempt > 1 and envelope.id not in self._revoked:
             # Fetched again (a retry, a hand-back, a dead worker's): it may have been
             # revoked while it was out. A first delivery cannot be (see brokers/base.py).
             self._revoked.update(await self._call(self.app.broker.revoked, [envelope.id]))
-        if self._skip_if_revoked(delivery, envelope):
+        if await self._skip_if_revoked(delivery, envelope):
             return
         interval = task.options.rate_interval
         if interval is not None and not await self._rate_slot(delivery, envelope, interval):
@@ -391,14 +389,18 @@ class Worker:
         if self.track_started and self.app.backend is not None:
             meta = TaskMeta(envelope.id, states.STARTED, envelope.task)
             await self._call(self.app.backend.store, [meta])
-        if self._skip_if_revoked(delivery, envelope):  # learnt of while it waited
+        if await self._skip_if_revoked(delivery, envelope):  # learnt of while it waited
             return
         keyed = (envelope.idempotency_key is not None or task.options.idempotent) and (
             self.app.backend is not None
         )
-        if keyed and delivery.attempt > 1 and await self._succeeded_before(envelope):
-            self._finish(delivery, None)  # its stored result stays
-            return
+        if keyed and delivery.attempt > 1:
+            done = await self._succeeded_before(envelope)
+            if done is not None:  # its stored result stays; what follows it is sent again
+                if canvas.is_flow(envelope):
+                    await self._call(canvas.advance, self.app, envelope, done)
+                self._finish(delivery, None)
+                return
         started = time.perf_counter()
         outcome = await self._execute(task, request)
         runtime = time.perf_counter() - started
@@ -418,25 +420,25 @@ class Worker:
             return
         await self._record(delivery, envelope, task, outcome, runtime)
 
-    def _skip_if_revoked(self, delivery: Delivery, envelope: Envelope) -> bool:
+    async def _skip_if_revoked(self, delivery: Delivery, envelope: Envelope) -> bool:
         if envelope.id not in self._revoked:
             return False
         log.info("Task %s[%s] revoked: not run", envelope.task, envelope.id)
         meta = TaskMeta(
             envelope.id, states.REVOKED, envelope.task, REVOKED_ERROR, date_done=time.time()
         )
-        self._finish(delivery, meta)
+        await self._conclude(delivery, envelope, meta)
         return True
 
-    async def _succeeded_before(self, envelope: Envelope) -> bool:
+    async def _succeeded_before(self, envelope: Envelope) -> TaskMeta | None:
         """An idempotent task fetched again: did an earlier run already succeed (and its
-        worker die before the ack)?"""
+        worker die before the ack)? Its stored success if so."""
         backend = self.app.backend
         meta = await self._call(backend.get, envelope.id) if backend is not None else None
         if meta is None or meta.state != states.SUCCESS:
-            return False
+            return None
         log.info("Task %s[%s] already succeeded: not run again", envelope.task, envelope.id)
-        return True
+        return meta
 
     def _check_arguments(self, task: Task[Any, Any], envelope: Envelope) -> None:
         """Do the arguments fit the function? Whether they bind depends only on how many
@@ -512,7 +514,7 @@ class Worker:
         ignore = task.options.ignore_result
         if ignore is None:
             ignore = self.app.conf.task_ignore_result
-        self._finish(delivery, None if ignore else meta)
+        await self._conclude(delivery, envelope, meta, store=not ignore)
 
     def _storable(self, outcome: Outcome) -> Outcome:
         """A success whose result JSON cannot carry, or is too big to store, is a failure."""
@@ -597,12 +599,33 @@ class Worker:
         def quarantine() -> None:
             if meta is not None and backend is not None:
                 backend.store([meta])
+                if envelope is not None and canvas.is_flow(envelope):
+                    canvas.advance(self.app, envelope, meta)
             self.app.broker.dead_letter(delivery, reason)
 
         await self._call(quarantine)
         self._drop_held(delivery)
 
     # Storing outcomes and acking -------------------------------------------------------------
+
+    async def _conclude(
+        self, delivery: Delivery, envelope: Envelope, meta: TaskMeta, store: bool = True
+    ) -> None:
+        """A final outcome: stored and acked with the next batch. When a workflow goes on
+        after it, it is stored now and the next steps are sent before the ack, so that a
+        worker dying in between leaves a message that does it again (deduplicated)."""
+        if canvas.is_flow(envelope):
+            backend = self.app.backend
+
+            def store_and_advance() -> None:
+                if backend is not None:
+                    backend.store([meta])
+                canvas.advance(self.app, envelope, meta)
+
+            await self._call(store_and_advance)
+            self._finish(delivery, None)
+            return
+        self._finish(delivery, meta if store else None)
 
     def _finish(self, delivery: Delivery, meta: TaskMeta | None) -> None:
         # Being acked: the heartbeat leaves it alone (a renewal racing the ack would fail).
