@@ -181,6 +181,7 @@ class chain(Signature):  # Celery's lower-case name
     `chain(a.s(1), b.s(), c.s())`, or `a.s(1) | b.s() | c.s()`."""
 
     def __init__(self, *tasks: Signature | dict[str, Any], app: Celeriac | None = None) -> None:
+        app = app or _app_of(tasks)
         flat: list[dict[str, Any]] = []
         for step in (signature(t) for t in tasks):
             if step["subtask_type"] == "chain":
@@ -198,6 +199,10 @@ class chain(Signature):  # Celery's lower-case name
     def __or__(self, other: Signature) -> chain:  # type: ignore[override]
         return chain(*self.tasks, other, app=self._app)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """`chain(...)()` sends it, as in Celery."""
+        return self.apply_async(args, kwargs)
+
 
 class group(Signature):  # Celery's lower-case name
     """Tasks that run in parallel; `apply_async()` returns a `GroupResult`."""
@@ -206,6 +211,7 @@ class group(Signature):  # Celery's lower-case name
         self, *tasks: Signature | dict[str, Any] | Iterable[Signature], app: Celeriac | None = None
     ) -> None:
         members = _members(tasks)
+        app = app or _app_of(members)
         super().__init__(
             "celeriac.group",
             kwargs={"tasks": [dict(signature(t)) for t in members]},
@@ -216,6 +222,10 @@ class group(Signature):  # Celery's lower-case name
     @property
     def tasks(self) -> list[Signature]:
         return [signature(t) for t in self["kwargs"]["tasks"]]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """`group(...)()` sends it, as in Celery."""
+        return self.apply_async(args, kwargs)
 
 
 class chord(Signature):  # Celery's lower-case name
@@ -234,6 +244,7 @@ class chord(Signature):  # Celery's lower-case name
                 head = group(head)
         else:
             head = group(header)
+        app = app or head._app or _app_of([body])
         super().__init__(
             "celeriac.chord",
             kwargs={"header": dict(head), "body": None if body is None else dict(body)},
@@ -595,6 +606,11 @@ def _members(tasks: Sequence[Any]) -> list[Any]:
     if len(tasks) == 1 and not isinstance(tasks[0], dict):
         return list(tasks[0])
     return list(tasks)
+
+
+def _app_of(sigs: Iterable[Any]) -> Celeriac | None:
+    """The app of the first signature that has one (a workflow built from them uses it)."""
+    return next((s._app for s in sigs if isinstance(s, Signature) and s._app), None)
 
 
 def _callbacks(value: Any) -> list[dict[str, Any]]:

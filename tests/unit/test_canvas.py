@@ -49,12 +49,6 @@ def flow_app(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Celeriac
     def seen(value: Any) -> Any:
         return ["seen", value]
 
-    @app.task(name="progress", bind=True)
-    def progress(self: Any, steps: int) -> int:
-        for n in range(steps):
-            self.update_progress(n + 1, steps)
-        return steps
-
     yield app
     app.close()
 
@@ -97,6 +91,13 @@ def test_group_and_chord(flow_app: Celeriac, worker_for: Any) -> None:
         body = chord([add.s(n, 1) for n in range(4)])(flow_app.tasks["total"].s())
         assert body.get(timeout=10) == 10
         assert body.parent is not None and body.parent.get(timeout=1) == [1, 2, 3, 4]
+        # The chord's id (its body's) restores the whole chord: members, then the body.
+        whole = GroupResult.restore(body.id, flow_app)
+        assert whole is not None
+        assert [r.id for r in whole] == [*(r.id for r in body.parent), body.id]
+        assert whole.progress == {"current": 5.0, "total": 5, "message": "5/5 done"}
+        assert group(add.s(1, 1), add.s(2, 2))().get(timeout=10) == [2, 4]
+        assert chain(add.s(1, 1), add.s(1))().get(timeout=10) == 3
 
 
 def test_nesting_a_chain_inside_a_group_inside_a_chord(flow_app: Celeriac, worker_for: Any) -> None:
