@@ -20,6 +20,7 @@ succeeded is not run again (see docs/canvas.md).
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -152,12 +153,12 @@ class Signature(dict[str, Any]):
         """Send it: the result of the task, or of the last step of a chain, or a
         `GroupResult` for a group, or the body's result for a chord."""
         app = self._bound_app()
-        sig = self.clone(args, kwargs)
+        sig = self.clone((), kwargs)
         if options:
             sig.set(**options)
         result = _freeze(sig, app)
         plan = _Plan(app)
-        plan.add(sig, (), [], None)
+        plan.add(sig, tuple(args), [], None)  # before the first task's (each member's) args
         plan.commit()
         return result
 
@@ -436,16 +437,11 @@ class _Plan:
             if options.get(key):
                 headers[key] = options[key]
         now = time.time()
-        eta = options.get("eta")
+        eta = _unix_time(options.get("eta"))
         if options.get("countdown") is not None:
             eta = now + float(options["countdown"])
-        elif hasattr(eta, "timestamp"):
-            eta = eta.timestamp()
-        expires = options.get("expires")  # seconds from when the step is sent, or a datetime
-        if isinstance(expires, int | float):
-            expires = now + expires
-        elif hasattr(expires, "timestamp"):
-            expires = expires.timestamp()
+        expires = options.get("expires")  # seconds from when the step is sent, or a time
+        expires = now + expires if isinstance(expires, int | float) else _unix_time(expires)
         task_id = options["task_id"]
         self.envelopes.append(
             self.app.envelope(
@@ -606,6 +602,16 @@ def _members(tasks: Sequence[Any]) -> list[Any]:
     if len(tasks) == 1 and not isinstance(tasks[0], dict):
         return list(tasks[0])
     return list(tasks)
+
+
+def _unix_time(value: Any) -> float | None:
+    """A time option: unix seconds, a datetime, or its ISO text (from JSON); naive is UTC."""
+    if value is None or isinstance(value, int | float):
+        return value
+    when = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    if not isinstance(when, dt.datetime):
+        raise ConfigurationError(f"expected a time (datetime or unix seconds), not {value!r}")
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
 
 
 def _app_of(sigs: Iterable[Any]) -> Celeriac | None:

@@ -3,6 +3,7 @@ run them on SQLite and Redis with worker processes, and kill workers mid-way).""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from collections.abc import Iterator
@@ -98,6 +99,9 @@ def test_group_and_chord(flow_app: Celeriac, worker_for: Any) -> None:
         assert whole.progress == {"current": 5.0, "total": 5, "message": "5/5 done"}
         assert group(add.s(1, 1), add.s(2, 2))().get(timeout=10) == [2, 4]
         assert chain(add.s(1, 1), add.s(1))().get(timeout=10) == 3
+        assert chain(add.s(1), add.s(1)).apply_async((5,)).get(timeout=10) == 7
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.2)
+        assert add.s(1, 1).set(eta=later.isoformat()).delay().get(timeout=10) == 2
 
 
 def test_nesting_a_chain_inside_a_group_inside_a_chord(flow_app: Celeriac, worker_for: Any) -> None:
