@@ -24,6 +24,7 @@ from .exceptions import (
     TimeoutError,
 )
 from .result import AsyncResult, GroupResult
+from .schedules import crontab
 from .task import Request, Task, shared_task
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "TimeoutError",
     "chain",
     "chord",
+    "crontab",
     "current_app",
     "group",
     "shared_task",

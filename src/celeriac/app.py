@@ -13,6 +13,7 @@ from typing import Any, Literal, overload
 
 from .backends import ResultBackend
 from .backends import from_url as backend_from_url
+from .beat import Beat
 from .brokers import Broker, Outgoing
 from .brokers import from_url as broker_from_url
 from .config import Settings, read_settings
@@ -357,6 +358,11 @@ class Celeriac:
 
     def AsyncResult(self, task_id: str) -> AsyncResult[Any]:
         return AsyncResult(task_id, self)
+
+    @property
+    def beat(self) -> Beat:
+        """Periodic tasks: `app.beat.add(...)`, `.remove()`, `.pause()`, `.entries()`."""
+        return Beat(self)
 
     @property
     def control(self) -> Control:

@@ -68,10 +68,14 @@ class Settings:
     security_key: str | None = None
     security_old_keys: list[str] = field(default_factory=list)
 
+    # Periodic tasks, in Celery's format: {"name": {"task": ..., "schedule": seconds |
+    # timedelta | crontab(...), "args": [...], "kwargs": {...}, "options": {...}}}.
+    beat_schedule: dict[str, Any] = field(default_factory=dict)
+
     # Modules to import when the app starts (task modules that autodiscovery won't find).
     imports: list[str] = field(default_factory=list)
     include: list[str] = field(default_factory=list)
-    timezone: str = "UTC"
+    timezone: str = "UTC"  # crontab entries are in this zone (DST included)
     enable_utc: bool = True
 
     def update(self, values: Mapping[str, Any]) -> None:

@@ -723,3 +723,32 @@ def test_one_key_twice_in_one_batch(broker: Broker, queue: str) -> None:
     )
     assert taken == {"b": "a"}
     assert ids(fetch_all(broker, [queue])) == ["a"]
+
+
+# -- the beat's state --------------------------------------------------------------------------
+
+
+def test_beat_lease_has_one_holder_and_a_fencing_token(broker: Broker, clock: Any) -> None:
+    first = broker.beat_lead("a", 5)
+    assert first is not None
+    assert broker.beat_lead("b", 5) is None
+    assert broker.beat_lead("a", 5) == first  # kept: the same token
+    clock.advance(6)
+    second = broker.beat_lead("b", 5)  # a's lease ran out: b takes it
+    assert second is not None and second > first
+    assert broker.beat_lead("a", 5) is None
+    # The old leader's writes are refused; the new one's are kept, and never move back.
+    assert broker.beat_record(first, {"e": 100.0}) is False
+    assert broker.beat_record(second, {"e": 100.0, "f": 5.0}) is True
+    assert broker.beat_record(second, {"e": 90.0}) is True
+    assert broker.beat_ticks() == {"e": 100.0, "f": 5.0}
+
+
+def test_beat_entries_are_stored_by_name(broker: Broker) -> None:
+    assert broker.beat_entries() == {}
+    broker.beat_set_entry("x", b'{"task": "t"}')
+    broker.beat_set_entry("y", b"{}")
+    broker.beat_set_entry("x", b'{"task": "u"}')
+    broker.beat_set_entry("y", None)
+    broker.beat_set_entry("never-added", None)
+    assert broker.beat_entries() == {"x": b'{"task": "u"}'}

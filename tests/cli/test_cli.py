@@ -370,3 +370,27 @@ def test_revoke_deletes_a_queued_task_and_marks_it_revoked(run: Run, project: Pr
     assert run("-A", project.package, "inspect", "queues").stdout == "no queues have messages\n"
     shown = json.loads(run("-A", project.package, "result", task_id).stdout)
     assert shown["state"] == "REVOKED"
+
+
+def test_beat_entries_from_the_command_line(run: Run, project: Project) -> None:
+    app = ("-A", project.package)
+    assert run(*app, "beat", "list").stdout == "no beat entries\n"
+    added = run(*app, "beat", "add", "nightly", project.task, "--crontab", "30 2 * * mon-fri")
+    assert added.returncode == 0, added.stderr
+    assert "crontab(minute='30', hour='2', day_of_week='mon-fri')" in added.stdout
+    assert (
+        run(
+            *app, "beat", "add", "often", project.task, "--every", "5", "--args", "[1, 2]"
+        ).returncode
+        == 0
+    )
+    listed = run(*app, "beat", "list").stdout.splitlines()
+    assert [line.split()[0] for line in listed] == ["nightly", "often"]
+    assert "every 5s" in listed[1] and "next: " in listed[1]
+    assert run(*app, "beat", "pause", "often").stdout.strip() == "often paused"
+    assert "next: paused" in run(*app, "beat", "list").stdout
+    assert run(*app, "beat", "remove", "often").returncode == 0
+    assert_one_line_error(run(*app, "beat", "remove", "often"), "no beat entry named 'often'")
+    assert_one_line_error(
+        run(*app, "beat", "add", "x", project.task, "--crontab", "* *"), "5 fields"
+    )

@@ -6,9 +6,10 @@ starts with a header that imports `asyncio`, `os`, `time`, `shared_task`, define
 (a directory for marker files) and `append(name, text)`, which adds one line to
 `WORKDIR/name` with a single `O_APPEND` write, so lines of concurrent writers never mix.
 
-`start_worker(project, *args)` runs `python -m celeriac -A proj_<hex> worker *args` in the
-project directory, in a session of its own, with stdout and stderr going to a log file; it
-waits (with a deadline) for the "celeriac worker ready" line. At teardown every process
+`start_worker(project, *args)` runs `python -m celeriac -A proj_<hex> worker *args` (or
+another command: `command_name="beat"`) in the project directory, in a session of its own,
+with stdout and stderr going to a log file; it waits (with a deadline) for the "celeriac
+worker ready" line (beat: its "started:" line). At teardown every process
 group that was started is killed with SIGKILL, so no worker, pool child or supervised
 child outlives its test.
 
@@ -260,9 +261,11 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")}
     env["PYTHONUNBUFFERED"] = "1"
 
-    def start(project: Project, *args: str, ready: int = 1) -> WorkerProcess:
-        log_path = tmp_path / f"worker-{len(started)}.log"
-        command = [sys.executable, "-m", "celeriac", "-A", project.package, "worker"]
+    def start(
+        project: Project, *args: str, ready: int = 1, command_name: str = "worker"
+    ) -> WorkerProcess:
+        log_path = tmp_path / f"{command_name}-{len(started)}.log"
+        command = [sys.executable, "-m", "celeriac", "-A", project.package, command_name]
         command += ["--loglevel=info", *args]
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
@@ -277,7 +280,8 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         worker = WorkerProcess(proc, log_path, command[3:])
         started.append(worker)
         if ready:
-            worker.wait_for_log(READY_LINE, count=ready, timeout=READY_TIMEOUT)
+            line = READY_LINE if command_name == "worker" else "started:"  # beat's line
+            worker.wait_for_log(line, count=ready, timeout=READY_TIMEOUT)
         return worker
 
     yield start

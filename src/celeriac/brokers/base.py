@@ -166,6 +166,31 @@ class Broker(ABC):
         least `interval` seconds apart, whoever asks. Returns the slot's unix time (now,
         or later when the limit is reached)."""
 
+    # The beat's state (`celeriac/beat.py`) -------------------------------------------------
+
+    @abstractmethod
+    def beat_lead(self, owner: str, ttl: float) -> int | None:
+        """Take or keep the beat leader lease for `ttl` seconds. While `owner` holds it,
+        returns its fencing token, larger each time the lease changes hands; None while
+        another owner's lease runs."""
+
+    @abstractmethod
+    def beat_record(self, token: int, ticks: dict[str, float]) -> bool:
+        """Save the last tick sent of these entries (never moving one back), if `token`
+        is still the lease's; else change nothing and return False."""
+
+    @abstractmethod
+    def beat_ticks(self) -> dict[str, float]:
+        """The last tick sent of every entry."""
+
+    @abstractmethod
+    def beat_entries(self) -> dict[str, bytes]:
+        """Entries added at run time: name -> their JSON."""
+
+    @abstractmethod
+    def beat_set_entry(self, name: str, data: bytes | None) -> None:
+        """Add or replace an entry (None: remove it)."""
+
     @abstractmethod
     def purge(self, queue: str) -> int:
         """Delete the ready and delayed messages of a queue (not leased ones); return how many."""

@@ -39,6 +39,9 @@ class MemoryBroker(Broker):
         self._revoked: dict[str, tuple[float, bool]] = {}  # id -> (until, terminate)
         self._next_slot: dict[str, float] = {}  # rate limit key -> its next free slot
         self._keys: dict[str, tuple[str, float]] = {}  # idempotency key -> (id, until)
+        self._beat_lease: tuple[str, float, int] | None = None  # owner, until, token
+        self._beat_ticks: dict[str, float] = {}
+        self._beat_entries: dict[str, bytes] = {}
         self._seq = itertools.count()
 
     def publish(self, messages: Sequence[Outgoing]) -> dict[str, str]:
@@ -206,6 +209,39 @@ class MemoryBroker(Broker):
             slot = max(self._next_slot.get(key, 0.0), self.clock())
             self._next_slot[key] = slot + interval
         return slot
+
+    def beat_lead(self, owner: str, ttl: float) -> int | None:
+        now = self.clock()
+        with self._lock:
+            held = self._beat_lease
+            if held is not None and held[0] != owner and held[1] > now:
+                return None
+            token = 1 if held is None else held[2] + (held[0] != owner)
+            self._beat_lease = (owner, now + ttl, token)
+            return token
+
+    def beat_record(self, token: int, ticks: dict[str, float]) -> bool:
+        with self._lock:
+            if self._beat_lease is None or self._beat_lease[2] != token:
+                return False
+            for name, tick in ticks.items():
+                self._beat_ticks[name] = max(tick, self._beat_ticks.get(name, tick))
+            return True
+
+    def beat_ticks(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._beat_ticks)
+
+    def beat_entries(self) -> dict[str, bytes]:
+        with self._lock:
+            return dict(self._beat_entries)
+
+    def beat_set_entry(self, name: str, data: bytes | None) -> None:
+        with self._lock:
+            if data is None:
+                self._beat_entries.pop(name, None)
+            else:
+                self._beat_entries[name] = data
 
     def purge(self, queue: str) -> int:
         with self._lock:

@@ -25,6 +25,9 @@
 --   P:terminate      zset of the revoked ids whose running task is to be stopped, same scores
 --   P:rate:<key>     the next free slot (unix time) of a rate limit; expires when unused
 --   P:key:<key>      '<until> <id>': the message that took an idempotency key, and until when
+--   P:beat:lease     hash: owner, until, token (the beat leader lease and its fencing token)
+--   P:beat:ticks     hash: entry -> the last tick sent
+--   P:beat:entries   hash: entry name -> JSON, the entries added at run time
 --
 -- A message is in exactly one of P:q:<queue>, P:delayed, P:leased, or dead (P:d:<n>),
 -- and its P:m:<id> hash exists exactly while it is in one of the first three.
@@ -263,6 +266,32 @@ if op == 'throttle' then
   local ttl = math.ceil((slot + interval - now) * 1000) + 1000
   redis.call('SET', key, string.format('%.6f', slot + interval), 'PX', ttl)
   return string.format('%.6f', slot)
+end
+
+-- beat_lead <owner> <ttl>: the fencing token while <owner> holds the lease, else nil.
+if op == 'beat_lead' then
+  local key, owner = P .. ':beat:lease', ARGV[4]
+  local held = redis.call('HMGET', key, 'owner', 'until', 'token')
+  if held[1] and held[1] ~= owner and tonumber(held[2]) > now then return false end
+  local token = 1
+  if held[1] then
+    token = tonumber(held[3]) + (held[1] ~= owner and 1 or 0)
+  end
+  redis.call('HSET', key, 'owner', owner, 'until', tostring(now + tonumber(ARGV[5])),
+    'token', token)
+  return token
+end
+
+-- beat_record <token> (<entry> <tick>)*: 1 if saved (the token is the lease's), else 0.
+if op == 'beat_record' then
+  if redis.call('HGET', P .. ':beat:lease', 'token') ~= ARGV[4] then return 0 end
+  for i = 5, #ARGV, 2 do
+    local last = tonumber(redis.call('HGET', P .. ':beat:ticks', ARGV[i]) or '-1')
+    if tonumber(ARGV[i + 1]) > last then
+      redis.call('HSET', P .. ':beat:ticks', ARGV[i], ARGV[i + 1])
+    end
+  end
+  return 1
 end
 
 -- purge <queue>: the queue's ready and delayed messages; returns how many.

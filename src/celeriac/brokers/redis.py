@@ -219,6 +219,29 @@ class RedisBroker(Broker):
     def throttle(self, key: str, interval: float) -> float:
         return float(self._run("throttle", key, repr(interval)))
 
+    def beat_lead(self, owner: str, ttl: float) -> int | None:
+        token = self._run("beat_lead", owner, repr(ttl))
+        return None if token is None else int(token)
+
+    def beat_record(self, token: int, ticks: dict[str, float]) -> bool:
+        pairs = [x for name, tick in ticks.items() for x in (name, repr(tick))]
+        return bool(self._run("beat_record", token, *pairs))
+
+    def beat_ticks(self) -> dict[str, float]:
+        found = call(self.url, lambda: self.client.hgetall(f"{self.prefix}:beat:ticks"))
+        return {k.decode(): float(v) for k, v in found.items()}
+
+    def beat_entries(self) -> dict[str, bytes]:
+        found = call(self.url, lambda: self.client.hgetall(f"{self.prefix}:beat:entries"))
+        return {k.decode(): bytes(v) for k, v in found.items()}
+
+    def beat_set_entry(self, name: str, data: bytes | None) -> None:
+        key = f"{self.prefix}:beat:entries"
+        if data is None:
+            call(self.url, lambda: self.client.hdel(key, name))
+        else:
+            call(self.url, lambda: self.client.hset(key, name, data))
+
     def purge(self, queue: str) -> int:
         return int(self._run("purge", queue))
 

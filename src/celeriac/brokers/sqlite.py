@@ -14,6 +14,8 @@ Tables (created on first use):
     celeriac_revoked    revoked ids: id, until (unix time), terminate
     celeriac_rates      rate limits: key, next_slot (unix time)
     celeriac_keys       idempotency keys: key, id (of the message that took it), until
+    celeriac_beat       the beat's state: one row per key ("lease", "tick:<entry>",
+                        "entry:<name>") with text, number and token columns
 
 Every change is one `BEGIN IMMEDIATE` transaction, so fetch-and-lease is atomic across
 processes. A fetch first promotes due delayed rows and takes back expired leases, then
@@ -67,6 +69,12 @@ CREATE TABLE IF NOT EXISTS celeriac_keys (
     key TEXT PRIMARY KEY,
     id TEXT NOT NULL,
     until REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS celeriac_beat (
+    key TEXT PRIMARY KEY,
+    text BLOB,
+    number REAL,
+    token INTEGER
 );
 CREATE TABLE IF NOT EXISTS celeriac_rates (
     key TEXT PRIMARY KEY,
@@ -322,6 +330,51 @@ class SqliteBroker(Broker):
                 (key, slot + interval),
             )
         return float(slot)
+
+    def beat_lead(self, owner: str, ttl: float) -> int | None:
+        now = self.clock()
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "SELECT text, number, token FROM celeriac_beat WHERE key = 'lease'"
+            ).fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                return None
+            token = 1 if row is None else row[2] + (row[0] != owner)
+            conn.execute(
+                "INSERT OR REPLACE INTO celeriac_beat VALUES ('lease', ?, ?, ?)",
+                (owner, now + ttl, token),
+            )
+            return int(token)
+
+    def beat_record(self, token: int, ticks: dict[str, float]) -> bool:
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT token FROM celeriac_beat WHERE key = 'lease'").fetchone()
+            if row is None or row[0] != token:
+                return False
+            conn.executemany(
+                "INSERT INTO celeriac_beat (key, number) VALUES (?, ?) ON CONFLICT (key)"
+                " DO UPDATE SET number = MAX(number, excluded.number)",
+                [(f"tick:{name}", tick) for name, tick in ticks.items()],
+            )
+            return True
+
+    def beat_ticks(self) -> dict[str, float]:
+        rows = self.db.read("SELECT key, number FROM celeriac_beat WHERE key LIKE 'tick:%'")
+        return {key[5:]: number for key, number in rows}
+
+    def beat_entries(self) -> dict[str, bytes]:
+        rows = self.db.read("SELECT key, text FROM celeriac_beat WHERE key LIKE 'entry:%'")
+        return {key[6:]: bytes(text) for key, text in rows}
+
+    def beat_set_entry(self, name: str, data: bytes | None) -> None:
+        with self.db.transaction() as conn:
+            if data is None:
+                conn.execute("DELETE FROM celeriac_beat WHERE key = ?", (f"entry:{name}",))
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO celeriac_beat (key, text) VALUES (?, ?)",
+                    (f"entry:{name}", data),
+                )
 
     def purge(self, queue: str) -> int:
         with self.db.transaction() as conn:

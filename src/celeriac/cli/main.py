@@ -7,17 +7,22 @@ line and exit with 2; nothing here prints a traceback for them.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from .. import states
 from ..app import Celeriac
+from ..beat import Beat
 from ..exceptions import CeleriacError, ConfigurationError
 from ..result import AsyncResult, GroupResult
+from ..schedules import crontab
 from .loader import load_app
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(process)d] %(message)s"
@@ -92,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         "after this (default: broker_lease_seconds, 30)",
     )
     worker.add_argument(
+        "-B",
+        "--beat",
+        action="store_true",
+        help="also run the beat (periodic tasks) in this process; any number may run",
+    )
+    worker.add_argument(
         "--shutdown-timeout",
         type=float,
         metavar="SECONDS",
@@ -122,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="wait until the task is done, drawing its progress"
     )
     result.add_argument("--timeout", type=float, metavar="SECONDS", help="give up waiting after")
+
+    _add_beat_parser(sub)
 
     revoke = sub.add_parser(
         "revoke",
@@ -177,6 +190,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_beat_parser(sub: Any) -> None:
+    beat = sub.add_parser(
+        "beat",
+        help="run the beat (periodic tasks), or list and change its entries",
+        description="Without a subcommand: send the periodic tasks of beat_schedule and of "
+        "'beat add' when they are due. Any number of beats may run: each tick is sent once.",
+    )
+    beat.add_argument(
+        "-l",
+        "--loglevel",
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical"],
+        type=str.lower,
+        help="log level (default: info)",
+    )
+    beat_sub = beat.add_subparsers(dest="beat_command", metavar="SUBCOMMAND")
+    beat_sub.add_parser("list", help="every entry, with its schedule and next run")
+    beat_add = beat_sub.add_parser(
+        "add",
+        help="add or replace an entry (picked up by running beats within a second)",
+        description="Add or replace a periodic entry, stored in the broker.",
+    )
+    beat_add.add_argument("name")
+    beat_add.add_argument("task", help="the task's registered name")
+    when = beat_add.add_mutually_exclusive_group(required=True)
+    when.add_argument("--every", type=float, metavar="SECONDS", help="run every N seconds")
+    when.add_argument(
+        "--crontab",
+        metavar='"M H DOM MON DOW"',
+        help='cron fields: minute hour day-of-month month day-of-week, e.g. "30 7 * * mon-fri"',
+    )
+    beat_add.add_argument("--args", default="[]", metavar="JSON", help="positional arguments")
+    beat_add.add_argument("--kwargs", default="{}", metavar="JSON", help="keyword arguments")
+    beat_add.add_argument("--queue", "-Q", help="the queue to send to")
+    beat_add.add_argument(
+        "--catchup",
+        choices=["last", "all", "skip"],
+        default="last",
+        help="after missed ticks send the latest (default), all, or none",
+    )
+    for name, text in (
+        ("remove", "remove an entry added with 'beat add'"),
+        ("pause", "stop sending an entry (until resumed)"),
+        ("resume", "send a paused entry again"),
+    ):
+        beat_sub.add_parser(name, help=text).add_argument("name")
+
+
 def _app(args: argparse.Namespace) -> Celeriac:
     app = load_app(args.app) if args.app else Celeriac()
     if args.broker:
@@ -223,6 +284,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         app_spec=args.app,
         lease=args.lease,
         shutdown_timeout=args.shutdown_timeout,
+        beat=args.beat,
     )
     if args.processes == 1:
         return worker.run()
@@ -233,6 +295,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.broker:
         command += ["--broker", args.broker]
     command += ["worker", "--loglevel", args.loglevel]
+    if args.beat:  # in every child: any number of beats send each tick once
+        command.append("--beat")
     for flag, value in (
         ("--concurrency", args.concurrency),
         ("--queues", args.queues),
@@ -332,6 +396,61 @@ def _print_group(group: GroupResult) -> int:
     return 1 if out["state"] == states.FAILURE else 0
 
 
+def cmd_beat(args: argparse.Namespace) -> int:
+    app = _app(args)
+    beat = app.beat
+    command = args.beat_command
+    if command is None:
+        logging.basicConfig(level=args.loglevel.upper(), format=LOG_FORMAT)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        beat.run(stop)
+        return 0
+    if command == "list":
+        runs = beat.next_runs()
+        if not runs:
+            print("no beat entries")
+        for entry, next_run in runs:
+            when = "paused" if next_run is None else _local(next_run, beat)
+            print(f"{entry.name}  {entry.task}  {entry.schedule.describe()}  next: {when}")
+        return 0
+    if command == "add":
+        schedule: Any
+        if args.every is not None:
+            schedule = args.every
+        else:
+            fields = args.crontab.split()
+            if len(fields) != 5:
+                raise ConfigurationError(
+                    f'--crontab needs 5 fields "M H DOM MON DOW", got {args.crontab!r}'
+                )
+            minute, hour, dom, month, dow = fields
+            schedule = crontab(minute, hour, dow, dom, month)
+        entry = beat.add(
+            args.name,
+            args.task,
+            schedule,
+            args=_json(args.args, "--args", list),
+            kwargs=_json(args.kwargs, "--kwargs", dict),
+            options={"queue": args.queue} if args.queue else {},
+            catchup=args.catchup,
+        )
+        print(f"added {entry.name}: {entry.task} {entry.schedule.describe()}")
+        return 0
+    if command == "remove":
+        beat.remove(args.name)
+        print(f"removed {args.name}")
+        return 0
+    entry = beat.pause(args.name, paused=command == "pause")
+    print(f"{entry.name} {'paused' if entry.paused else 'resumed'}")
+    return 0
+
+
+def _local(when: float, beat: Beat) -> str:
+    return dt.datetime.fromtimestamp(when, beat.zone).isoformat(sep=" ", timespec="seconds")
+
+
 def cmd_revoke(args: argparse.Namespace) -> int:
     _app(args).control.revoke(args.task_ids, terminate=args.terminate)
     how = " (running ones are terminated)" if args.terminate else ""
@@ -418,6 +537,7 @@ COMMANDS = {
     "worker": cmd_worker,
     "call": cmd_call,
     "result": cmd_result,
+    "beat": cmd_beat,
     "revoke": cmd_revoke,
     "purge": cmd_purge,
     "inspect": cmd_inspect,

@@ -23,6 +23,7 @@ import inspect
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -75,8 +76,10 @@ class Worker:
         lease: float | None = None,
         prefetch_multiplier: int | None = None,
         shutdown_timeout: float | None = None,
+        beat: bool = False,
     ) -> None:
         conf = app.conf
+        self.beat = beat
         self.app = app
         self.queues = list(queues or [conf.task_default_queue])
         self.pool = pool or conf.worker_pool
@@ -156,6 +159,11 @@ class Worker:
             self._banner()
             for warning in await self._call(broker.warnings):
                 log.warning("%s", warning)
+            beat_stop = threading.Event()
+            if self.beat:  # `worker -B`: the beat in a thread of its own
+                threading.Thread(
+                    target=self.app.beat.run, args=(beat_stop,), name="celeriac-beat", daemon=True
+                ).start()
             if ready is not None:
                 ready()
             helpers = [
@@ -164,6 +172,7 @@ class Worker:
                 asyncio.create_task(self._watch_revokes()),
             ]
             await self._fetch_loop()
+            beat_stop.set()
             await self._drain()
             for helper in helpers:
                 helper.cancel()
