@@ -6,6 +6,7 @@ import fnmatch
 import importlib
 import importlib.util
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -264,6 +265,7 @@ class Celeriac:
         headers: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        outbox: bool | None = None,
     ) -> AsyncResult[Any]:
         """Send a task by name (it need not be importable here). `eta`/`expires` are unix
         times; `Task.apply_async` takes countdowns and datetimes, and explains the
@@ -280,7 +282,7 @@ class Celeriac:
             headers=headers,
             idempotency_key=idempotency_key,
         )
-        taken = self.publish([envelope], idempotency_ttl)
+        taken = self.publish([envelope], idempotency_ttl, outbox=outbox)
         return AsyncResult(taken.get(envelope.id, envelope.id), self, name)
 
     def send_many(
@@ -327,24 +329,34 @@ class Celeriac:
         )
 
     def publish(
-        self, envelopes: Sequence[Envelope], idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
+        self,
+        envelopes: Sequence[Envelope],
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        *,
+        outbox: bool | None = None,
     ) -> dict[str, str]:
         """Encode and publish envelopes in one broker call. Returns, for each envelope not
-        sent because its idempotency key was taken, its id -> the id that holds the key."""
-        return self.broker.publish(
-            [
-                Outgoing(
-                    e.id,
-                    e.queue,
-                    self.encode(e),
-                    e.priority,
-                    e.eta,
-                    e.idempotency_key,
-                    idempotency_ttl,
-                )
-                for e in envelopes
-            ]
-        )
+        sent because its idempotency key was taken, its id -> the id that holds the key.
+        With the outbox (`task_outbox`, or `outbox=True`) inside a Django transaction, the
+        messages are written to the outbox table instead and published after commit."""
+        messages = [
+            Outgoing(
+                e.id,
+                e.queue,
+                self.encode(e),
+                e.priority,
+                e.eta,
+                e.idempotency_key,
+                idempotency_ttl,
+            )
+            for e in envelopes
+        ]
+        if self.conf.task_outbox if outbox is None else outbox:
+            from .contrib.django.outbox import stage
+
+            if stage(self, messages):
+                return {}  # (a taken idempotency key is found when the relay publishes)
+        return self.broker.publish(messages)
 
     def encode(self, envelope: Envelope) -> bytes:
         """The bytes on the wire: the JSON envelope, signed when `security_key` is set."""
@@ -372,9 +384,17 @@ class Celeriac:
 
 def _django_apps() -> list[str]:
     try:
-        from django.apps import apps  # type: ignore[import-not-found, unused-ignore]
+        import django
+        from django.apps import apps
     except ImportError:
         raise ConfigurationError(
             "autodiscover_tasks() without packages needs Django; name the packages instead"
         ) from None
+    if not apps.ready:
+        if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+            raise ConfigurationError(
+                "autodiscover_tasks() needs DJANGO_SETTINGS_MODULE: set it in your celeriac.py"
+                ' (os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proj.settings"))'
+            )
+        django.setup()  # as Celery's worker does for a Django project
     return [config.name for config in apps.get_app_configs()]

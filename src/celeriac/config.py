@@ -38,6 +38,9 @@ class Settings:
     task_routes: Any = None  # {"name or glob*": "queue" | {"queue": ...}}, or a list of them
     task_ignore_result: bool = False
     task_track_started: bool = False  # store STARTED when a task begins
+    # Django: a task sent inside transaction.atomic() is written to the outbox table in
+    # that transaction and published after commit (contrib/django/outbox.py).
+    task_outbox: bool = False
     # Defaults for tasks that set no soft_time_limit / time_limit of their own (seconds).
     task_soft_time_limit: float | None = None
     task_time_limit: float | None = None

@@ -78,6 +78,12 @@ class TaskOptions:
     # apply_async(idempotency_key=...) and docs/tasks.md for what this guarantees.
     idempotent: bool = False
     idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL
+    # Django: run inside transaction.atomic() with a done-mark, so that a redelivered
+    # message does not repeat its database writes (contrib/django/atomic.py).
+    atomic: bool = False
+    # Django: inside transaction.atomic(), write the message to the outbox table and
+    # publish it after commit (None: the task_outbox setting).
+    outbox: bool | None = None
 
     @property
     def rate_interval(self) -> float | None:
@@ -190,6 +196,11 @@ class Task(Generic[P, R]):
         self.options = options
         self.name: str = options.name or f"{fn.__module__}.{fn.__qualname__}"
         self.is_async = inspect.iscoroutinefunction(fn)
+        if options.atomic and self.is_async:
+            raise ConfigurationError(
+                f"{self.name}: atomic=True needs a plain function (Django transactions are"
+                " per thread), not an async def"
+            )
         self._app = app
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -238,8 +249,15 @@ class Task(Generic[P, R]):
             )
             for args in calls
         ]
-        taken = app.publish(envelopes, options.idempotency_ttl)
+        taken = app.publish(envelopes, options.idempotency_ttl, outbox=options.outbox)
         return [AsyncResult(taken.get(e.id, e.id), app, self.name) for e in envelopes]
+
+    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Django: send the task once the current database transaction commits (at once
+        outside a transaction); nothing is sent if it rolls back."""
+        from django.db import transaction
+
+        transaction.on_commit(lambda: self.apply_async(args, kwargs))
 
     def idempotency_key(self, args: Sequence[Any], kwargs: dict[str, Any]) -> str:
         """The key of `idempotent=True`: the task's name and a hash of its arguments."""
@@ -283,6 +301,7 @@ class Task(Generic[P, R]):
             idempotency_ttl=(
                 idempotency_ttl if idempotency_ttl is not None else self.options.idempotency_ttl
             ),
+            outbox=self.options.outbox,
         )
 
     # Workflows -------------------------------------------------------------------------

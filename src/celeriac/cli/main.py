@@ -135,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     result.add_argument("--timeout", type=float, metavar="SECONDS", help="give up waiting after")
 
     _add_beat_parser(sub)
+    relay = sub.add_parser(
+        "outbox-relay",
+        help="Django: publish the outbox's committed messages (workers do it too)",
+        description="Publish the messages that Django transactions wrote to the outbox "
+        "table (task_outbox) and that were not published at commit, until SIGTERM.",
+    )
+    relay.add_argument(
+        "-l",
+        "--loglevel",
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical"],
+        type=str.lower,
+        help="log level (default: info)",
+    )
 
     revoke = sub.add_parser(
         "revoke",
@@ -396,6 +410,22 @@ def _print_group(group: GroupResult) -> int:
     return 1 if out["state"] == states.FAILURE else 0
 
 
+def cmd_outbox_relay(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.loglevel.upper(), format=LOG_FORMAT)
+    app = _app(args)
+    app.tasks  # noqa: B018 - loads the project, which sets Django up
+    from ..contrib.django import django_ready
+    from ..contrib.django.outbox import run_relay
+
+    if not django_ready():
+        raise ConfigurationError("outbox-relay needs a Django project: -A the module of your app")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run_relay(app, stop)
+    return 0
+
+
 def cmd_beat(args: argparse.Namespace) -> int:
     app = _app(args)
     beat = app.beat
@@ -538,6 +568,7 @@ COMMANDS = {
     "call": cmd_call,
     "result": cmd_result,
     "beat": cmd_beat,
+    "outbox-relay": cmd_outbox_relay,
     "revoke": cmd_revoke,
     "purge": cmd_purge,
     "inspect": cmd_inspect,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Literal
 
+from ..contrib.django import task_scope
 from ..exceptions import Retry, SoftTimeLimitExceeded
 from ..task import Request, Task, current_request
 
@@ -75,34 +76,39 @@ def _failure(exc: BaseException) -> Outcome:
     )
 
 
-def _retry(exc: Retry) -> Outcome:
+def retry_outcome(exc: Retry) -> Outcome:
     reason = repr(exc.exc) if exc.exc else ""
     return Outcome("retry", error_message=reason, countdown=exc.countdown)
 
 
-def _failed(task: Task[Any, Any], request: Request, exc: Exception) -> Outcome:
+def failed_outcome(task: Task[Any, Any], request: Request, exc: Exception) -> Outcome:
     """A task raised: retry it if it asked for that (`autoretry_for`), else a failure.
     Called inside the `except` block, so the traceback is the task's."""
     if task.options.autoretry_for and isinstance(exc, task.options.autoretry_for):
         try:
             task.retry(exc=exc, countdown=task.options.retry_delay(request.retries))
         except Retry as again:
-            return _retry(again)
+            return retry_outcome(again)
         except Exception:  # retries exhausted: task.retry re-raised exc
             pass
     return _failure(exc)
 
 
 def run_sync(task: Task[Any, Any], request: Request) -> Outcome:
-    token = current_request.set(request)
-    try:
-        return Outcome("success", task(*request.args, **request.kwargs))
-    except Retry as exc:
-        return _retry(exc)
-    except Exception as exc:
-        return _failed(task, request, exc)
-    finally:
-        current_request.reset(token)
+    with task_scope():  # Django: no stale database connection across tasks
+        if task.options.atomic:
+            from ..contrib.django.atomic import run_atomic
+
+            return run_atomic(task, request)
+        token = current_request.set(request)
+        try:
+            return Outcome("success", task(*request.args, **request.kwargs))
+        except Retry as exc:
+            return retry_outcome(exc)
+        except Exception as exc:
+            return failed_outcome(task, request, exc)
+        finally:
+            current_request.reset(token)
 
 
 async def _first(work: Awaitable[Outcome], stop: asyncio.Future[None], hard: float | None) -> str:
@@ -153,9 +159,9 @@ class AsyncExecutor:
         try:
             return Outcome("success", await body)
         except Retry as exc:
-            return _retry(exc)
+            return retry_outcome(exc)
         except Exception as exc:
-            return _failed(task, request, exc)
+            return failed_outcome(task, request, exc)
 
     def terminate(self, task_id: str) -> bool:
         stop = self._stops.get(task_id)

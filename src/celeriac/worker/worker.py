@@ -159,11 +159,8 @@ class Worker:
             self._banner()
             for warning in await self._call(broker.warnings):
                 log.warning("%s", warning)
-            beat_stop = threading.Event()
-            if self.beat:  # `worker -B`: the beat in a thread of its own
-                threading.Thread(
-                    target=self.app.beat.run, args=(beat_stop,), name="celeriac-beat", daemon=True
-                ).start()
+            threads_stop = threading.Event()
+            self._start_threads(threads_stop)
             if ready is not None:
                 ready()
             helpers = [
@@ -172,7 +169,7 @@ class Worker:
                 asyncio.create_task(self._watch_revokes()),
             ]
             await self._fetch_loop()
-            beat_stop.set()
+            threads_stop.set()
             await self._drain()
             for helper in helpers:
                 helper.cancel()
@@ -183,6 +180,21 @@ class Worker:
             await self.threads.close()
         log.info("worker stopped after %d tasks", self.processed)
         return 0
+
+    def _start_threads(self, stop: threading.Event) -> None:
+        """The beat (`worker -B`) and the Django outbox relay (`task_outbox`), each in a
+        thread of its own, until `stop` is set."""
+        from ..contrib.django import django_ready
+
+        jobs: list[tuple[str, Callable[[threading.Event], None]]] = []
+        if self.beat:
+            jobs.append(("celeriac-beat", self.app.beat.run))
+        if self.app.conf.task_outbox and django_ready():
+            from ..contrib.django.outbox import run_relay
+
+            jobs.append(("celeriac-outbox", lambda event: run_relay(self.app, event)))
+        for name, job in jobs:
+            threading.Thread(target=job, args=(stop,), name=name, daemon=True).start()
 
     def request_stop(self) -> None:
         """First call: warm shutdown. Second call: hand everything back now."""

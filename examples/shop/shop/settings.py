@@ -1,0 +1,87 @@
+"""Settings of the example shop. Every setting a test or a deployment changes comes from
+the environment: SHOP_DB, CELERY_BROKER_URL, CELERY_BROKER_KEY_PREFIX, SHOP_EMAIL_BACKEND,
+SHOP_EMAIL_DIR, SHOP_OUTBOX."""
+
+import os
+from pathlib import Path
+
+from celeriac import crontab
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = os.environ.get("SHOP_SECRET_KEY", "only-for-the-example-not-secret")
+DEBUG = True
+ALLOWED_HOSTS = ["*"]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "celeriac.contrib.django",
+    "api",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "shop.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("SHOP_DB", BASE_DIR / "shop.sqlite3"),
+        "OPTIONS": {"timeout": 20},
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+STATIC_URL = "static/"
+MEDIA_ROOT = Path(os.environ.get("SHOP_MEDIA", BASE_DIR / "media"))
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.BasicAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+}
+
+# Email: printed by the console backend (in the worker's output, since the worker sends it).
+EMAIL_BACKEND = os.environ.get(
+    "SHOP_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"
+)
+EMAIL_FILE_PATH = os.environ.get("SHOP_EMAIL_DIR", BASE_DIR / "sent-mail")
+DEFAULT_FROM_EMAIL = "shop@example.com"
+SALES_REPORT_TO = ["sales@example.com"]
+
+# Celeriac, with Celery's setting names (namespace="CELERY" in shop/celeriac.py).
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", f"sqlite:///{BASE_DIR / 'celeriac.db'}")
+CELERY_BROKER_KEY_PREFIX = os.environ.get("CELERY_BROKER_KEY_PREFIX", "shop")
+CELERY_TASK_OUTBOX = os.environ.get("SHOP_OUTBOX") == "1"
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_BEAT_SCHEDULE = {
+    "daily-sales-summary": {
+        "task": "api.tasks.send_daily_sales_summary",
+        "schedule": crontab(hour=7, minute=0),
+    },
+}

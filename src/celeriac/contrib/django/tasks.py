@@ -1,0 +1,20 @@
+"""The integration's tasks (found by `app.autodiscover_tasks()` in this Django app)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...task import shared_task
+from .mail import DEFAULT_REAL_BACKEND, message_from_dict
+
+
+@shared_task(
+    name="celeriac.send_email", max_retries=5, autoretry_for=(OSError,), retry_backoff=True
+)
+def send_email(message: dict[str, Any]) -> int:
+    """Send one email with the real backend (`CELERIAC_EMAIL_BACKEND`)."""
+    from django.conf import settings
+    from django.core.mail import get_connection
+
+    backend = getattr(settings, "CELERIAC_EMAIL_BACKEND", DEFAULT_REAL_BACKEND)
+    return int(get_connection(backend).send_messages([message_from_dict(message)]) or 0)
