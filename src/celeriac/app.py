@@ -195,7 +195,22 @@ class Celeriac:
     def get_task(self, name: str) -> Task[Any, Any]:
         task = self._own_tasks.get(name) or self.tasks.get(name)
         if task is None:
+            task = self._django_task(name)
+        if task is None:
             raise NotRegistered(f"task {name!r} is not registered with {self!r}")
+        return task
+
+    def _django_task(self, name: str) -> Task[Any, Any] | None:
+        """A task of Django's Tasks framework, sent by CeleriacBackend under its path."""
+        from .contrib.django import django_ready
+
+        if "." not in name or not django_ready():
+            return None
+        from .contrib.django.tasks_backend import django_task
+
+        task = django_task(self, name)
+        if task is not None:
+            self.register(task)
         return task
 
     # Brokers and results -----------------------------------------------------------------

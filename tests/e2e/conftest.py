@@ -262,7 +262,11 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     env["PYTHONUNBUFFERED"] = "1"
 
     def start(
-        project: Project, *args: str, ready: int = 1, command_name: str = "worker"
+        project: Project,
+        *args: str,
+        ready: int = 1,
+        command_name: str = "worker",
+        extra_env: dict[str, str] | None = None,
     ) -> WorkerProcess:
         log_path = tmp_path / f"{command_name}-{len(started)}.log"
         command = [sys.executable, "-m", "celeriac", "-A", project.package, command_name]
@@ -271,7 +275,7 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
             proc = subprocess.Popen(
                 command,
                 cwd=project.root,
-                env=env,
+                env={**env, **(extra_env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

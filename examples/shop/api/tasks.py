@@ -11,7 +11,12 @@ from django.utils import timezone
 
 from celeriac import shared_task
 
-from .models import Order, Sale
+from .models import Order, Product, Sale
+
+try:  # Django's own Tasks framework: built in since Django 6, a backport before
+    from django.tasks import task as django_task
+except ImportError:
+    from django_tasks import task as django_task
 
 
 @shared_task
@@ -93,3 +98,10 @@ def send_daily_sales_summary():
         recipient_list=settings.SALES_REPORT_TO,
     )
     return {"orders": orders.count(), "revenue": str(revenue)}
+
+
+@django_task(priority=50)
+def count_products(prefix=""):
+    """A task of Django's Tasks framework (`count_products.enqueue("Ka")`), run by a
+    Celeriac worker through TASKS = {"default": {"BACKEND": ...CeleriacBackend}}."""
+    return Product.objects.filter(name__startswith=prefix).count()

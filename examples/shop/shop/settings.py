@@ -71,8 +71,21 @@ EMAIL_BACKEND = os.environ.get(
     "SHOP_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"
 )
 EMAIL_FILE_PATH = os.environ.get("SHOP_EMAIL_DIR", BASE_DIR / "sent-mail")
+# With EMAIL_BACKEND = "celeriac.contrib.django.mail.CeleriacEmailBackend", every email goes
+# out from a worker, through this backend:
+CELERIAC_EMAIL_BACKEND = os.environ.get(
+    "SHOP_REAL_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"
+)
 DEFAULT_FROM_EMAIL = "shop@example.com"
 SALES_REPORT_TO = ["sales@example.com"]
+
+# Django's own Tasks framework (@task, .enqueue()) on Celeriac workers. Django 6 has it
+# built in; on Django 5.2 it is the django-tasks backport, an app of its own.
+try:
+    import django.tasks  # noqa: F401
+except ImportError:
+    INSTALLED_APPS.append("django_tasks")
+TASKS = {"default": {"BACKEND": "celeriac.contrib.django.tasks.CeleriacBackend"}}
 
 # Celeriac, with Celery's setting names (namespace="CELERY" in shop/celeriac.py).
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", f"sqlite:///{BASE_DIR / 'celeriac.db'}")

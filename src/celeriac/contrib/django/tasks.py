@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from ...task import shared_task
@@ -18,3 +19,10 @@ def send_email(message: dict[str, Any]) -> int:
 
     backend = getattr(settings, "CELERIAC_EMAIL_BACKEND", DEFAULT_REAL_BACKEND)
     return int(get_connection(backend).send_messages([message_from_dict(message)]) or 0)
+
+
+# Django's own Tasks framework: the backend lives in tasks_backend.py (it needs Django 6 or
+# the django-tasks backport); it is named here, where TASKS settings look for it.
+# Without either, ImportError: the rest of the integration works without it.
+with contextlib.suppress(ImportError):
+    from .tasks_backend import CeleriacBackend  # noqa: F401 - the TASKS setting names it here
