@@ -175,8 +175,10 @@ class Celeriac:
         return found
 
     def _builtin_tasks(self) -> dict[str, Task[Any, Any]]:
-        """`celeriac.map` and `celeriac.starmap`, the tasks of `task.map()` / `.starmap()`."""
+        """`celeriac.map` and `celeriac.starmap`, the tasks of `task.map()` / `.starmap()`,
+        and `celeriac.backend_cleanup`, which the beat runs daily."""
         if self._builtins is None:
+            from .beat import CLEANUP_TASK
             from .canvas import MAP_TASK, STARMAP_TASK, run_map
             from .task import TaskOptions
 
@@ -186,9 +188,13 @@ class Celeriac:
             def starmap_task(task_name: str, items: list[Any]) -> list[Any]:
                 return run_map(self, task_name, items, star=True)
 
+            def backend_cleanup() -> int:
+                return self.backend.cleanup() if self.backend is not None else 0
+
             self._builtins = {
                 MAP_TASK: Task(map_task, TaskOptions(name=MAP_TASK), self),
                 STARMAP_TASK: Task(starmap_task, TaskOptions(name=STARMAP_TASK), self),
+                CLEANUP_TASK: Task(backend_cleanup, TaskOptions(name=CLEANUP_TASK), self),
             }
         return self._builtins
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .exceptions import ConfigurationError
-from .schedules import Schedule, schedule_of
+from .schedules import Schedule, crontab, schedule_of
 
 if TYPE_CHECKING:
     from .app import Celeriac
@@ -44,6 +44,7 @@ MAX_CATCHUP = 1000  # ticks sent at once for a `catchup="all"` entry that missed
 TICK_KEY_TTL = 7 * 86400.0  # seconds a sent tick's key blocks sending it again
 TICK_NAMESPACE = uuid.UUID("5b0d6d3c-1f1c-4a8e-9a4f-3c0e0c7d1a11")
 ENTRY_OPTIONS = frozenset({"queue", "priority", "expires"})
+CLEANUP_TASK = "celeriac.backend_cleanup"  # deletes expired results, daily at 4:00
 
 
 @dataclass(frozen=True)
@@ -131,10 +132,12 @@ class Beat:
 
     def entries(self) -> dict[str, Entry]:
         """Every entry: the `beat_schedule` setting, then the ones stored at run time."""
-        found = {
-            name: Entry.from_setting(name, spec)
-            for name, spec in (self.app.conf.beat_schedule or {}).items()
-        }
+        found = {}
+        backend = self.app.backend
+        if backend is not None and backend.needs_cleanup and self.app.conf.result_expires:
+            found[CLEANUP_TASK] = Entry(CLEANUP_TASK, CLEANUP_TASK, crontab(hour=4, minute=0))
+        for name, spec in (self.app.conf.beat_schedule or {}).items():
+            found[name] = Entry.from_setting(name, spec)
         for name, data in self.app.broker.beat_entries().items():
             found[name] = Entry.from_setting(name, json.loads(data))
         return found

@@ -44,10 +44,36 @@ def _redis(tmp_path: Path, options: dict[str, Any]) -> ResultBackend:
     return from_url(redis_url(), prefix=prefix_for(tmp_path), **options)
 
 
+_django_db: list[Path] = []
+
+
+def _django(tmp_path: Path, options: dict[str, Any]) -> ResultBackend:
+    """Django's database (django-db): Django is set up once for the session, on an SQLite
+    file, with the integration's tables migrated."""
+    if not _django_db:
+        import tempfile
+
+        import django
+        from django.conf import settings
+        from django.core.management import call_command
+
+        path = Path(tempfile.mkdtemp()) / "django.sqlite3"
+        settings.configure(
+            DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path)}},
+            INSTALLED_APPS=["django.contrib.contenttypes", "celeriac.contrib.django"],
+            USE_TZ=True,
+        )
+        django.setup()
+        call_command("migrate", verbosity=0)
+        _django_db.append(path)
+    return from_url("django-db", **options)
+
+
 BACKEND_KINDS = [
     BackendKind("memory", _memory, shared=False),
     BackendKind("sqlite", _sqlite, shared=True),
     BackendKind("redis", _redis, shared=True, expires_by_itself=True),
+    BackendKind("django", _django, shared=True),
 ]
 
 

@@ -317,3 +317,39 @@ print(message.send())
     email = shop.wait_for_email("Subject: Invoice")
     assert "To: d@example.com" in email
     assert "text/html" in email and 'filename="invoice.txt"' in email
+
+
+def test_the_admin_exports_orders_to_excel_with_a_download_link(shop, start_worker):
+    start_worker(shop, extra_env=shop.env)
+    proc = shop.run(
+        PLACE_ORDER
+        + """
+import io, re, time
+from django.test import Client
+from openpyxl import load_workbook
+orders = [Order.objects.create(user=user, product=product, quantity=n) for n in range(1, 61)]
+admin = User.objects.create_superuser("admin", "admin@example.com", "pw")
+client = Client()
+client.force_login(admin)
+page = client.post(
+    "/admin/api/order/",
+    {"action": "export_to_excel", "_selected_action": [o.id for o in orders]},
+    follow=True,
+).content.decode()
+link = re.search(r'href="(/admin/exports/[^"]+)"', page).group(1)
+deadline = time.monotonic() + 30
+while "Export ready" not in (status := client.get(link).content.decode()):
+    assert time.monotonic() < deadline, status
+    time.sleep(0.1)
+download = client.get(link + "?download=1")
+sheet = load_workbook(io.BytesIO(b"".join(download.streaming_content))).active
+rows = list(sheet.iter_rows(values_only=True))
+print(len(rows), rows[0][0], rows[-1][3])
+
+from shop.celeriac import app
+print(app.send_task("api.tasks.send_daily_sales_summary").get(timeout=30)["orders"])
+"""
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["61", "Order", "60", "60"]
+    assert "60 orders, 1830.00 EUR." in shop.wait_for_email("Subject: Sales of the last 24 hours")

@@ -93,7 +93,7 @@ def send_daily_sales_summary():
     revenue = orders.aggregate(total=Sum(F("product__price") * F("quantity")))["total"] or 0
     send_mail(
         subject="Sales of the last 24 hours",
-        message=f"{orders.count()} orders, {revenue} EUR.",
+        message=f"{orders.count()} orders, {revenue:.2f} EUR.",
         from_email=None,
         recipient_list=settings.SALES_REPORT_TO,
     )

@@ -21,11 +21,15 @@ def from_url(url: str, *, prefix: str = "celeriac", **options: Any) -> ResultBac
         from .sqlite import SqliteBackend
 
         return SqliteBackend(url, **options)
+    if url == "django-db":
+        from ..contrib.django.results import DjangoBackend
+
+        return DjangoBackend(url, **options)
     if scheme in ("redis", "rediss", "unix"):
         from .redis import RedisBackend
 
         return RedisBackend(url, prefix=prefix, **options)
     raise ConfigurationError(
-        f"unknown result backend URL {url!r}: Celeriac supports memory://, sqlite:///path.db"
-        " and redis://host:port/db (also rediss:// and unix://)"
+        f"unknown result backend URL {url!r}: Celeriac supports memory://, sqlite:///path.db,"
+        " redis://host:port/db (also rediss:// and unix://) and django-db (Django's database)"
     )

@@ -40,6 +40,10 @@ class TaskMeta:
 class ResultBackend(ABC):
     """Stores `TaskMeta` by task id. Thread-safe within one process."""
 
+    # Expired results stay until `cleanup()` deletes them (the beat does it daily); False
+    # for a store that expires them by itself (Redis).
+    needs_cleanup = True
+
     def __init__(self, url: str, *, expires: float = DEFAULT_RESULT_EXPIRES) -> None:
         self.url = url
         self.expires = expires

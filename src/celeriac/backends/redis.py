@@ -45,6 +45,8 @@ return 0
 
 
 class RedisBackend(ResultBackend):
+    needs_cleanup = False  # Redis expires results by itself
+
     def __init__(self, url: str, *, prefix: str = "celeriac", **options: Any) -> None:
         super().__init__(url, **options)
         self.prefix = prefix

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
+import sys
 from typing import Any
 
 try:  # Django 6
@@ -137,13 +138,11 @@ def _result(
 
 
 def django_task(app: Any, path: str) -> Task[Any, Any] | None:
-    """The Celeriac task that runs the Django task at `path`, or None if it is not one."""
-    from django.utils.module_loading import import_string
-
-    try:
-        found = import_string(path)
-    except ImportError:
-        return None
+    """The Celeriac task that runs the Django task at `path`, or None if it is not one.
+    Only modules this process imported already are looked in (the apps' `tasks.py`, found
+    by autodiscovery): a name from the wire never makes a worker import a module."""
+    module_name, _, attribute = path.rpartition(".")
+    found = getattr(sys.modules.get(module_name), attribute, None)
     if not isinstance(found, DjangoTask):
         return None
 
