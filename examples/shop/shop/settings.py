@@ -1,6 +1,6 @@
 """Settings of the example shop. Every setting a test or a deployment changes comes from
 the environment: SHOP_DB, CELERY_BROKER_URL, CELERY_BROKER_KEY_PREFIX, SHOP_EMAIL_BACKEND,
-SHOP_EMAIL_DIR, SHOP_OUTBOX."""
+SHOP_EMAIL_DIR, SHOP_EMAIL_HOST, SHOP_EMAIL_PORT, SHOP_OUTBOX."""
 
 import os
 from pathlib import Path
@@ -71,6 +71,8 @@ EMAIL_BACKEND = os.environ.get(
     "SHOP_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend"
 )
 EMAIL_FILE_PATH = os.environ.get("SHOP_EMAIL_DIR", BASE_DIR / "sent-mail")
+EMAIL_HOST = os.environ.get("SHOP_EMAIL_HOST", "localhost")
+EMAIL_PORT = int(os.environ.get("SHOP_EMAIL_PORT", "25"))
 # With EMAIL_BACKEND = "celeriac.contrib.django.mail.CeleriacEmailBackend", every email goes
 # out from a worker, through this backend:
 CELERIAC_EMAIL_BACKEND = os.environ.get(
