@@ -353,3 +353,111 @@ print(app.send_task("api.tasks.send_daily_sales_summary").get(timeout=30)["order
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["61", "Order", "60", "60"]
     assert "60 orders, 1830.00 EUR." in shop.wait_for_email("Subject: Sales of the last 24 hours")
+
+
+def _newer_python() -> str | None:
+    """A Python 3.12+ to run Django 6 with (this suite runs on 3.11 with Django 5.2)."""
+    candidates = [
+        *map(str, sorted(Path.home().glob(".pyenv/versions/3.1[23]*/bin/python"))),
+        *filter(None, (shutil.which(name) for name in ("python3.13", "python3.12"))),
+    ]
+    for python in candidates:
+        check = [python, "-c", "import sys; assert sys.version_info >= (3, 12)"]
+        if subprocess.run(check, capture_output=True, check=False).returncode == 0:
+            return python
+    return None
+
+
+@pytest.fixture(scope="session")
+def django6(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A venv with Python 3.12+ and Django 6 (its own django.tasks), with Celeriac."""
+    python = _newer_python()
+    if python is None:
+        pytest.skip("no Python 3.12+ found: Django 6 needs one")
+    venv = tmp_path_factory.mktemp("django6") / "venv"
+    root = Path(__file__).resolve().parents[2]
+    for command in (
+        [python, "-m", "venv", str(venv)],
+        [str(venv / "bin" / "pip"), "install", "-q", "-e", f"{root}[django]"],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr
+    return str(venv / "bin" / "python")
+
+
+def test_djangos_own_tasks_framework_on_django_6(shop, django6, broker_kind):
+    if broker_kind == "redis":
+        pytest.skip("the broker does not change what this checks; SQLite is enough")
+    migrate = subprocess.run(
+        [django6, "manage.py", "migrate", "-v", "0"],
+        cwd=shop.root,
+        env=shop.env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    worker = subprocess.Popen(
+        [django6, "-m", "celeriac", "-A", "shop", "worker"],
+        cwd=shop.root,
+        env=shop.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        script = """
+import time
+import django
+django.setup()
+from django.tasks import task_backends
+from api.models import Product
+from api.tasks import count_products
+Product.objects.create(name="Kale", price="1.00")
+result = count_products.enqueue("Ka")
+deadline = time.monotonic() + 60
+while not result.is_finished and time.monotonic() < deadline:
+    time.sleep(0.05)
+    result = count_products.get_result(result.id)
+backend = type(task_backends["default"]).__name__
+print(django.VERSION[0], backend, result.status, result.return_value)
+"""
+        proc = subprocess.run(
+            [django6, "-c", script],
+            cwd=shop.root,
+            env=shop.env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+    finally:
+        os.killpg(worker.pid, 9)
+        worker.wait(10)
+    assert proc.returncode == 0, proc.stderr
+    major, backend, status, value = proc.stdout.split()
+    assert int(major) >= 6
+    assert (backend, status, value) == ("CeleriacBackend", "SUCCESSFUL", "1")
+
+
+def test_delay_on_commit_sends_only_what_commits(shop, start_worker):
+    start_worker(shop, extra_env=shop.env)
+    proc = shop.run(
+        PLACE_ORDER
+        + """
+try:
+    with transaction.atomic():
+        order = Order.objects.create(user=user, product=product)
+        send_order_confirmation_email.delay_on_commit(order.id, user.email)
+        raise RuntimeError("rolled back")
+except RuntimeError:
+    pass
+with transaction.atomic():
+    order = Order.objects.create(user=user, product=product)
+    send_order_confirmation_email.delay_on_commit(order.id, user.email)
+print(order.id)
+"""
+    )
+    assert proc.returncode == 0, proc.stderr
+    shop.wait_for_email(f"Subject: Order #{int(proc.stdout.split()[-1])} confirmed")
+    assert len(shop.emails()) == 1
