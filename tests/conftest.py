@@ -13,14 +13,15 @@ import pytest
 from celeriac import Celeriac
 from celeriac.worker.worker import Worker
 from polling import wait_until
-from services import delete_test_keys
+from services import delete_test_keys, drop_test_schemas
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _clean_test_servers() -> Iterator[None]:
-    """Leave no test keys behind on the shared Redis server."""
+    """Leave no test keys behind on the shared Redis server, no schemas on PostgreSQL."""
     yield
     delete_test_keys()
+    drop_test_schemas()
 
 
 @pytest.fixture

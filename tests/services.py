@@ -41,6 +41,46 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+POSTGRES_URL = os.environ.get(
+    "CELERIAC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@functools.cache
+def _postgres_problem() -> str | None:
+    try:
+        import psycopg
+
+        psycopg.connect(POSTGRES_URL, connect_timeout=2).close()
+    except Exception as exc:  # any failure means: no usable server
+        return f"PostgreSQL at {POSTGRES_URL} is not reachable ({exc})"
+    return None
+
+
+def postgres_url() -> str:
+    """The test PostgreSQL server's URL (each test uses schemas of its own, named by its
+    prefix), or skip (fail in CI) when it is not reachable."""
+    require(_postgres_problem())
+    return POSTGRES_URL
+
+
+def drop_test_schemas() -> None:
+    """Drop every schema this test session made (their names start with TEST_PREFIX's)."""
+    if _postgres_problem() is not None:
+        return
+    import psycopg
+
+    from celeriac._postgres import schema_name
+
+    start = schema_name(TEST_PREFIX)
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        names = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (start,)
+        ).fetchall()
+        for (name,) in names:
+            conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
 def new_prefix() -> str:
     return f"{TEST_PREFIX}:{uuid.uuid4().hex[:12]}"
 

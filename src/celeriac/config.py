@@ -114,7 +114,15 @@ class Settings:
         if self.result_backend:
             return self.result_backend
         broker = self.effective_broker_url
-        has_store = broker.split("://")[0] in ("sqlite", "memory", "redis", "rediss", "unix")
+        has_store = broker.split("://")[0] in (
+            "sqlite",
+            "memory",
+            "redis",
+            "rediss",
+            "unix",
+            "postgresql",
+            "postgres",
+        )
         return broker if has_store else None
 
 

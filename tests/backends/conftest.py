@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 from celeriac.backends import ResultBackend, from_url
-from services import prefix_for, redis_url
+from services import postgres_url, prefix_for, redis_url
 
 T = TypeVar("T")
 
@@ -42,6 +42,10 @@ def _sqlite(tmp_path: Path, options: dict[str, Any]) -> ResultBackend:
 
 def _redis(tmp_path: Path, options: dict[str, Any]) -> ResultBackend:
     return from_url(redis_url(), prefix=prefix_for(tmp_path), **options)
+
+
+def _postgres(tmp_path: Path, options: dict[str, Any]) -> ResultBackend:
+    return from_url(postgres_url(), prefix=prefix_for(tmp_path), **options)
 
 
 _django_db: list[Path] = []
@@ -74,6 +78,7 @@ BACKEND_KINDS = [
     BackendKind("sqlite", _sqlite, shared=True),
     BackendKind("redis", _redis, shared=True, expires_by_itself=True),
     BackendKind("django", _django, shared=True),
+    BackendKind("postgres", _postgres, shared=True),
 ]
 
 

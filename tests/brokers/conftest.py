@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 from celeriac.brokers import Broker, from_url
-from services import prefix_for, redis_url
+from services import postgres_url, prefix_for, redis_url
 
 T = TypeVar("T")
 
@@ -64,6 +64,10 @@ def _sqlite(tmp_path: Path, options: dict[str, Any]) -> Broker:
     return from_url(f"sqlite:///{tmp_path}/b.db", **options)
 
 
+def _postgres(tmp_path: Path, options: dict[str, Any]) -> Broker:
+    return from_url(postgres_url(), prefix=prefix_for(tmp_path), **options)
+
+
 def _redis(tmp_path: Path, options: dict[str, Any]) -> Broker:
     return from_url(redis_url(), prefix=prefix_for(tmp_path), **options)
 
@@ -72,6 +76,7 @@ BROKER_KINDS = [
     BrokerKind("memory", _memory, shared=False),
     BrokerKind("sqlite", _sqlite, shared=True),
     BrokerKind("redis", _redis, shared=True),
+    BrokerKind("postgres", _postgres, shared=True),
 ]
 
 

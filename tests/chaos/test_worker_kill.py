@@ -46,7 +46,7 @@ import pytest
 from celeriac import Celeriac
 from celeriac.brokers import QueueStats
 from polling import wait_until
-from services import redis_url
+from services import new_prefix, postgres_url, redis_url
 
 TASKS = 5000
 WORKERS = 3
@@ -285,7 +285,7 @@ class Project:
     def delete_keys(self) -> None:
         """Remove this test's Redis keys (nothing to do on SQLite: tmp_path goes)."""
         prefix = self.settings.get("broker_key_prefix")
-        if prefix is None:
+        if prefix is None or not self.broker_url.startswith("redis"):
             return
         import redis
 
@@ -312,6 +312,9 @@ def make_project(tmp_path: Path, broker_kind: str) -> Project:
     if broker_kind == "redis":
         broker_url = redis_url()  # skips (fails in CI) without a server
         settings["broker_key_prefix"] = f"{KEY_PREFIX}:{uuid.uuid4().hex[:12]}"
+    elif broker_kind == "postgres":
+        broker_url = postgres_url()
+        settings["broker_key_prefix"] = new_prefix()  # its schema, dropped after the session
     else:
         broker_url = f"sqlite:///{tmp_path / 'celeriac.db'}"
     (root / package / "__init__.py").write_text("")
@@ -446,7 +449,7 @@ def cleanup() -> Iterator[list[Callable[[], None]]]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("broker_kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("broker_kind", ["sqlite", "redis", "postgres"])
 def test_sigkilled_workers_lose_nothing(
     tmp_path: Path, broker_kind: str, cleanup: list[Callable[[], None]]
 ) -> None:

@@ -35,7 +35,7 @@ import pytest
 
 from celeriac import Celeriac
 from polling import wait_until
-from services import new_prefix, redis_url
+from services import new_prefix, postgres_url, redis_url
 
 T = TypeVar("T")
 
@@ -145,12 +145,14 @@ class Project:
             self._app = None
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def broker_kind(request: pytest.FixtureRequest) -> str:
     """Every e2e test runs on each broker that has real worker processes share it."""
     kind: str = request.param
     if kind == "redis":
         redis_url()  # skips (or fails in CI) without a server
+    if kind == "postgres":
+        postgres_url()
     return kind
 
 
@@ -166,8 +168,8 @@ def make_project(tmp_path: Path, broker_kind: str) -> Iterator[Callable[..., Pro
         (root / package).mkdir(parents=True)
         workdir.mkdir()
         settings = {**DEFAULT_SETTINGS, **settings}
-        if broker_kind == "redis":
-            broker_url = redis_url()
+        if broker_kind in ("redis", "postgres"):
+            broker_url = redis_url() if broker_kind == "redis" else postgres_url()
             settings["broker_key_prefix"] = new_prefix()
         else:
             broker_url = f"sqlite:///{base / 'celeriac.db'}"

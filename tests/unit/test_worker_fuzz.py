@@ -30,7 +30,7 @@ from celeriac.envelope import Envelope, decode
 from celeriac.exceptions import DecodeError
 from celeriac.signing import PREFIX, Signer
 from celeriac.worker.worker import Worker
-from services import new_prefix, redis_url
+from services import new_prefix, postgres_url, redis_url
 
 QUEUE = "fuzz"
 # Names Hypothesis cannot come up with by chance, so that a generated body never names the
@@ -44,7 +44,7 @@ FUZZ_SETTINGS = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-BROKERS = ["memory", "sqlite", "redis"]
+BROKERS = ["memory", "sqlite", "redis", "postgres"]
 
 
 # The app under test --------------------------------------------------------------------------
@@ -58,7 +58,7 @@ def make_app(kind: str, tmp_path: Any, **settings: Any) -> Celeriac:
         return Celeriac("fuzz", broker=url, set_as_current=False, **settings)
     return Celeriac(
         "fuzz",
-        broker=redis_url(),
+        broker=redis_url() if kind == "redis" else postgres_url(),
         broker_key_prefix=new_prefix(),
         set_as_current=False,
         **settings,

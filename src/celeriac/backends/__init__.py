@@ -21,6 +21,10 @@ def from_url(url: str, *, prefix: str = "celeriac", **options: Any) -> ResultBac
         from .sqlite import SqliteBackend
 
         return SqliteBackend(url, **options)
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresBackend
+
+        return PostgresBackend(url, prefix=prefix, **options)
     if url == "django-db":
         from ..contrib.django.results import DjangoBackend
 
@@ -31,5 +35,6 @@ def from_url(url: str, *, prefix: str = "celeriac", **options: Any) -> ResultBac
         return RedisBackend(url, prefix=prefix, **options)
     raise ConfigurationError(
         f"unknown result backend URL {url!r}: Celeriac supports memory://, sqlite:///path.db,"
-        " redis://host:port/db (also rediss:// and unix://) and django-db (Django's database)"
+        " redis://host:port/db (also rediss:// and unix://), postgresql://user@host/db and"
+        " django-db (Django's database)"
     )

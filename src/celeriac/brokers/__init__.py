@@ -11,7 +11,8 @@ __all__ = ["Broker", "DeadLetter", "Delivery", "Outgoing", "QueueStats", "from_u
 
 
 def from_url(url: str, *, prefix: str = "celeriac", **options: Any) -> Broker:
-    """`prefix`: the key prefix on servers that several apps may share (Redis)."""
+    """`prefix`: the key prefix (Redis) or schema (PostgreSQL) on servers that several
+    apps may share."""
     scheme = url.partition("://")[0]
     if scheme == "memory":
         from .memory import MemoryBroker
@@ -25,7 +26,11 @@ def from_url(url: str, *, prefix: str = "celeriac", **options: Any) -> Broker:
         from .redis import RedisBroker
 
         return RedisBroker(url, prefix=prefix, **options)
+    if scheme in ("postgresql", "postgres"):
+        from .postgres import PostgresBroker
+
+        return PostgresBroker(url, prefix=prefix, **options)
     raise ConfigurationError(
-        f"unknown broker URL {url!r}: Celeriac supports memory://, sqlite:///path.db"
-        " and redis://host:port/db (also rediss:// and unix://)"
+        f"unknown broker URL {url!r}: Celeriac supports memory://, sqlite:///path.db,"
+        " redis://host:port/db (also rediss:// and unix://) and postgresql://user@host/db"
     )

@@ -1,0 +1,422 @@
+"""`postgresql://`: the broker for teams whose only server is their database.
+
+Tables, in the schema named by `broker_key_prefix` (see `_postgres.py`):
+
+    messages   one row per message not yet acked: seq (publish order), id (unique),
+               queue, priority, eta, state (0 waiting: ready once eta is reached;
+               1 leased), lease_until, attempt (fencing token), lease_expiries, body
+    dead       dead letters: id, queue, body, reason, dead_at
+    revoked    revoked ids: id, until, terminate
+    keys       idempotency keys: key, id (of the message that took it), until
+    rates      rate limits: key, next_slot
+    beat       the beat's state: key ("lease", "tick:<entry>", "entry:<name>"), text,
+               number, token
+
+A fetch is one `UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)`: concurrent workers
+take different rows without waiting on each other, and the lease is created in the same
+statement that hands the message out. A message whose lease ran out is due again in the
+same statement (counted in lease_expiries), unless that was its last chance: then the
+statement before moves it to the dead letters. Publish sends a `NOTIFY` with its
+transaction; an idle worker `LISTEN`s and wakes at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .._postgres import Database, text
+from ..exceptions import BrokerError
+from .base import REVOKE_KEEP, Broker, DeadLetter, Delivery, Outgoing, QueueStats
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    queue TEXT NOT NULL,
+    priority SMALLINT NOT NULL,
+    eta DOUBLE PRECISION NOT NULL,
+    state SMALLINT NOT NULL DEFAULT 0,
+    lease_until DOUBLE PRECISION,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    lease_expiries INTEGER NOT NULL DEFAULT 0,
+    body BYTEA NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_waiting
+    ON messages (queue, priority DESC, eta, seq) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS messages_leased ON messages (lease_until) WHERE state = 1;
+CREATE TABLE IF NOT EXISTS dead (
+    n BIGSERIAL PRIMARY KEY,
+    id TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    body BYTEA NOT NULL,
+    reason TEXT NOT NULL,
+    dead_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_queue ON dead (queue, dead_at);
+CREATE TABLE IF NOT EXISTS revoked (
+    id TEXT PRIMARY KEY,
+    until DOUBLE PRECISION NOT NULL,
+    terminate BOOLEAN NOT NULL
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    until DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rates (
+    key TEXT PRIMARY KEY,
+    next_slot DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS beat (
+    key TEXT PRIMARY KEY,
+    text BYTEA,
+    number DOUBLE PRECISION,
+    token BIGINT
+);
+"""
+
+_EXPIRED_TO_DEAD = """
+WITH gone AS (
+    DELETE FROM messages WHERE seq IN (
+        SELECT seq FROM messages
+        WHERE state = 1 AND lease_until <= %(now)s AND lease_expiries + 1 >= %(max)s
+        FOR UPDATE SKIP LOCKED)
+    RETURNING id, queue, body, lease_expiries)
+INSERT INTO dead (id, queue, body, reason, dead_at)
+SELECT id, queue, body,
+       'lease expired ' || (lease_expiries + 1) || ' times: its worker died or hung', %(now)s
+FROM gone
+"""
+_LEASE = """
+UPDATE messages m
+SET state = 1, lease_until = %(until)s, attempt = m.attempt + 1,
+    lease_expiries = m.lease_expiries + m.state
+FROM (
+    SELECT seq FROM messages
+    WHERE queue = ANY(%(queues)s)
+      AND ((state = 0 AND eta <= %(now)s)
+           OR (state = 1 AND lease_until <= %(now)s AND lease_expiries + 1 < %(max)s))
+    ORDER BY priority DESC, eta, seq
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED) due
+WHERE m.seq = due.seq
+RETURNING m.id, m.queue, m.body, m.attempt, m.lease_expiries, m.priority, m.eta, m.seq
+"""
+_OWNED = "id = %s AND attempt = %s AND state = 1"
+_INSERT = """
+INSERT INTO messages (id, queue, priority, eta, body)
+SELECT %(id)s, %(queue)s, %(priority)s, %(eta)s, %(body)s
+WHERE NOT EXISTS (SELECT 1 FROM revoked WHERE id = %(id)s AND until > %(now)s)
+ON CONFLICT (id) DO NOTHING
+"""
+_TAKE_KEY = """
+INSERT INTO keys (key, id, until) VALUES (%s, %s, %s)
+ON CONFLICT (key) DO UPDATE SET id = excluded.id, until = excluded.until
+WHERE keys.until <= %s
+RETURNING id
+"""
+
+
+class PostgresBroker(Broker):
+    def __init__(self, url: str, *, prefix: str = "celeriac", **options: Any) -> None:
+        super().__init__(url, **options)
+        self.db = Database(url, prefix, TABLES, last_table="beat")
+        self.channel = f"celeriac_{self.db.schema}"[:63]
+        self._listen_local: Any = None
+
+    def publish(self, messages: Sequence[Outgoing]) -> dict[str, str]:
+        if not messages:
+            return {}
+        now = self.clock()
+        taken: dict[str, str] = {}
+        with self.db.transaction() as conn:
+            for m in messages:
+                if m.key is not None:
+                    took = conn.execute(_TAKE_KEY, (m.key, m.id, now + m.key_ttl, now)).fetchone()
+                    if took is None:
+                        holder = conn.execute("SELECT id FROM keys WHERE key = %s", (m.key,))
+                        taken[m.id] = holder.fetchone()[0]
+                        continue
+            rows = [
+                {
+                    "id": m.id,
+                    "queue": m.queue,
+                    "priority": m.priority,
+                    "eta": now if m.eta is None else m.eta,
+                    "body": m.body,
+                    "now": now,
+                }
+                for m in messages
+                if m.id not in taken
+            ]
+            if rows:
+                with conn.cursor() as cur:
+                    cur.executemany(_INSERT, rows)
+                conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
+        return taken
+
+    def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
+        if not queues or limit <= 0:
+            return []
+        now = self.clock()
+        params = {
+            "now": now,
+            "until": now + lease,
+            "limit": limit,
+            "max": self.max_lease_expiries,
+            "queues": list(queues),
+        }
+        with self.db.transaction() as conn:
+            conn.execute(_EXPIRED_TO_DEAD, params)
+            rows = conn.execute(_LEASE, params).fetchall()
+        rows.sort(key=lambda r: (-r[5], r[6], r[7]))
+        return [Delivery(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
+
+    def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
+        until = self.clock() + lease
+        with self.db.transaction() as conn:
+            return [
+                conn.execute(
+                    f"UPDATE messages SET lease_until = %s WHERE {_OWNED}",
+                    (until, d.id, d.attempt),
+                ).rowcount
+                == 1
+                for d in deliveries
+            ]
+
+    def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        if not deliveries:
+            return []
+        with self.db.transaction() as conn:
+            return [
+                conn.execute(f"DELETE FROM messages WHERE {_OWNED}", (d.id, d.attempt)).rowcount
+                == 1
+                for d in deliveries
+            ]
+
+    def nack(self, delivery: Delivery, delay: float = 0.0, body: bytes | None = None) -> bool:
+        eta = self.clock() + delay
+        with self.db.transaction() as conn:
+            # A new seq puts the message behind the ones already waiting, as a new publish would.
+            done = conn.execute(
+                "UPDATE messages SET state = 0, eta = %s, lease_until = NULL,"
+                " seq = nextval(pg_get_serial_sequence('messages', 'seq')),"
+                f" body = COALESCE(%s, body) WHERE {_OWNED}",
+                (eta, body, delivery.id, delivery.attempt),
+            ).rowcount
+            if done and delay <= 0:
+                conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
+        return bool(done == 1)
+
+    def release(self, deliveries: Sequence[Delivery]) -> None:
+        with self.db.transaction() as conn:
+            for d in deliveries:
+                conn.execute(
+                    f"UPDATE messages SET state = 0, lease_until = NULL WHERE {_OWNED}",
+                    (d.id, d.attempt),
+                )
+            conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                f"DELETE FROM messages WHERE {_OWNED} RETURNING id, queue, body",
+                (delivery.id, delivery.attempt),
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute(
+                "INSERT INTO dead (id, queue, body, reason, dead_at) VALUES (%s,%s,%s,%s,%s)",
+                (*row, text(reason), self.clock()),
+            )
+            return True
+
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        where, params = ("WHERE queue = %s", (queue, limit)) if queue else ("", (limit,))
+        rows = self.db.read(
+            f"SELECT id, queue, body, reason, dead_at FROM dead {where}"
+            " ORDER BY dead_at DESC, n DESC LIMIT %s",
+            params,
+        )
+        return [DeadLetter(i, q, bytes(b), r, at) for i, q, b, r, at in rows]
+
+    def replay(self, ids: Sequence[str] | None = None, queue: str | None = None) -> int:
+        where, params = _dead_filter(ids, queue)
+        now = self.clock()
+        replayed = 0
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                f"SELECT n, id, queue, body FROM dead {where} ORDER BY n FOR UPDATE", params
+            ).fetchall()
+            for n, mid, mqueue, body in rows:
+                inserted = conn.execute(
+                    "INSERT INTO messages (id, queue, priority, eta, body)"
+                    " VALUES (%s, %s, 0, %s, %s) ON CONFLICT (id) DO NOTHING",
+                    (mid, mqueue, now, body),
+                ).rowcount
+                if inserted:
+                    conn.execute("DELETE FROM dead WHERE n = %s", (n,))
+                    replayed += 1
+            if replayed:
+                conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
+        return replayed
+
+    def purge_dead(self, queue: str | None = None) -> int:
+        where, params = _dead_filter(None, queue)
+        with self.db.transaction() as conn:
+            return int(conn.execute(f"DELETE FROM dead {where}", params).rowcount)
+
+    def revoke(self, ids: Sequence[str], terminate: bool = False) -> list[str]:
+        now = self.clock()
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM revoked WHERE until <= %s", (now,))
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO revoked (id, until, terminate) VALUES (%s, %s, %s)"
+                    " ON CONFLICT (id) DO UPDATE SET until = excluded.until,"
+                    " terminate = excluded.terminate",
+                    [(i, now + REVOKE_KEEP, terminate) for i in ids],
+                )
+            rows = conn.execute(
+                "DELETE FROM messages WHERE id = ANY(%s) AND state = 0 RETURNING id", (list(ids),)
+            ).fetchall()
+        deleted = {r[0] for r in rows}
+        return [i for i in ids if i in deleted]
+
+    def revoked(self, ids: Sequence[str]) -> dict[str, bool]:
+        if not ids:
+            return {}
+        rows = self.db.read(
+            "SELECT id, terminate FROM revoked WHERE until > %s AND id = ANY(%s)",
+            (self.clock(), list(ids)),
+        )
+        return {i: bool(t) for i, t in rows}
+
+    def throttle(self, key: str, interval: float) -> float:
+        now = self.clock()
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "INSERT INTO rates (key, next_slot) VALUES (%(key)s, %(now)s + %(interval)s)"
+                " ON CONFLICT (key) DO UPDATE SET next_slot ="
+                " GREATEST(rates.next_slot, %(now)s) + %(interval)s"
+                " RETURNING next_slot",
+                {"key": key, "now": now, "interval": interval},
+            ).fetchone()
+        return float(row[0]) - interval
+
+    def beat_lead(self, owner: str, ttl: float) -> int | None:
+        now = self.clock()
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "SELECT text, number, token FROM beat WHERE key = 'lease' FOR UPDATE"
+            ).fetchone()
+            held = None if row is None else bytes(row[0]).decode()
+            if row is not None and held != owner and row[1] > now:
+                return None
+            token = 1 if row is None else int(row[2]) + (held != owner)
+            conn.execute(
+                "INSERT INTO beat (key, text, number, token) VALUES ('lease', %s, %s, %s)"
+                " ON CONFLICT (key) DO UPDATE SET text = excluded.text,"
+                " number = excluded.number, token = excluded.token",
+                (owner.encode(), now + ttl, token),
+            )
+            return token
+
+    def beat_record(self, token: int, ticks: dict[str, float]) -> bool:
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT token FROM beat WHERE key = 'lease' FOR UPDATE").fetchone()
+            if row is None or row[0] != token:
+                return False
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO beat (key, number) VALUES (%s, %s) ON CONFLICT (key)"
+                    " DO UPDATE SET number = GREATEST(beat.number, excluded.number)",
+                    [(f"tick:{name}", tick) for name, tick in ticks.items()],
+                )
+            return True
+
+    def beat_ticks(self) -> dict[str, float]:
+        rows = self.db.read("SELECT key, number FROM beat WHERE key LIKE 'tick:%%'")
+        return {key[5:]: float(number) for key, number in rows}
+
+    def beat_entries(self) -> dict[str, bytes]:
+        rows = self.db.read("SELECT key, text FROM beat WHERE key LIKE 'entry:%%'")
+        return {key[6:]: bytes(text) for key, text in rows}
+
+    def beat_set_entry(self, name: str, data: bytes | None) -> None:
+        with self.db.transaction() as conn:
+            if data is None:
+                conn.execute("DELETE FROM beat WHERE key = %s", (f"entry:{name}",))
+            else:
+                conn.execute(
+                    "INSERT INTO beat (key, text) VALUES (%s, %s)"
+                    " ON CONFLICT (key) DO UPDATE SET text = excluded.text",
+                    (f"entry:{name}", data),
+                )
+
+    def purge(self, queue: str) -> int:
+        with self.db.transaction() as conn:
+            return int(
+                conn.execute(
+                    "DELETE FROM messages WHERE queue = %s AND state = 0", (queue,)
+                ).rowcount
+            )
+
+    def stats(self) -> dict[str, QueueStats]:
+        rows = self.db.read(
+            """
+            SELECT queue,
+                   CASE WHEN state = 1 AND lease_until > %(now)s THEN 'leased'
+                        WHEN state = 0 AND eta > %(now)s THEN 'delayed'
+                        ELSE 'ready' END AS kind,
+                   COUNT(*)
+            FROM messages GROUP BY queue, kind
+            UNION ALL
+            SELECT queue, 'dead', COUNT(*) FROM dead GROUP BY queue
+            """,
+            {"now": self.clock()},
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for queue, kind, n in rows:
+            counts.setdefault(queue, {})[kind] = int(n)
+        return {q: QueueStats(**c) for q, c in sorted(counts.items())}
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Block until a publish NOTIFYs, or `timeout` passes (this thread's LISTEN
+        connection, kept between waits)."""
+        import threading
+
+        from psycopg import sql
+
+        if self._listen_local is None:
+            self._listen_local = threading.local()
+        local = self._listen_local
+        conn = getattr(local, "conn", None)
+        try:
+            if conn is None or conn.closed:
+                conn = local.conn = self.db.connect()
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            for _ in conn.notifies(timeout=max(timeout, 0.01), stop_after=1):
+                break
+        except self.db.psycopg.Error as exc:
+            local.conn = None
+            raise BrokerError(f"waiting for messages: {exc}") from exc
+
+    def close(self) -> None:
+        self.db.close()
+        conn = getattr(self._listen_local, "conn", None) if self._listen_local else None
+        if conn is not None:
+            conn.close()
+
+
+def _dead_filter(ids: Sequence[str] | None, queue: str | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if ids is not None:
+        clauses.append("id = ANY(%s)")
+        params.append(list(ids))
+    if queue is not None:
+        clauses.append("queue = %s")
+        params.append(queue)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
