@@ -100,6 +100,8 @@ class System:
 SYSTEMS = [
     System("celeriac-threads", "celeriac_threads", celeriac("celeriac_threads"), bulk=True),
     System("celeriac-async", "celeriac_async", celeriac("celeriac_async"), bulk=True),
+    # The same on the PostgreSQL broker (PEERS_POSTGRES_URL), to compare brokers.
+    System("celeriac-postgres", "celeriac_postgres", celeriac("celeriac_postgres"), bulk=True),
     System("celery-prefork", "celery_tasks", celery_prefork),
     System("celery-threads", "celery_tasks", celery_threads),
     System("dramatiq", "dramatiq_tasks", dramatiq),

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -465,3 +466,39 @@ print(order.id)
     assert proc.returncode == 0, proc.stderr
     shop.wait_for_email(f"Subject: Order #{int(proc.stdout.split()[-1])} confirmed")
     assert len(shop.emails()) == 1
+
+
+SLOW_SALE = '''
+
+@shared_task(atomic=True)
+def record_sale_slowly(order_id, marker):
+    """record_sale, with a pause inside its transaction where the test kills the worker."""
+    order = Order.objects.select_related("product").get(id=order_id)
+    Sale.objects.create(order=order, amount=order.total)
+    Path(marker).write_text("written")
+    time.sleep(2.0)
+    return str(order.total)
+'''
+
+
+def test_an_atomic_task_killed_mid_run_and_redelivered_writes_once(shop, start_worker):
+    tasks = shop.root / "api" / "tasks.py"
+    tasks.write_text(tasks.read_text() + "\nimport time\n" + SLOW_SALE)
+    marker = shop.root.parent / "written"
+    first = start_worker(shop, "--lease", "1", extra_env=shop.env)
+    proc = shop.run(
+        PLACE_ORDER
+        + f"""
+from api.tasks import record_sale_slowly
+order = Order.objects.create(user=user, product=product)
+print(record_sale_slowly.delay(order.id, {str(marker)!r}).id)
+"""
+    )
+    assert proc.returncode == 0, proc.stderr
+    task_id = proc.stdout.split()[-1]
+    wait_until(marker.exists, 30, "the task to write its row")
+    first.send(signal.SIGKILL)  # inside the transaction: the row is rolled back
+    first.wait_exit()
+    second = start_worker(shop, extra_env=shop.env)
+    second.wait_for_log(f"record_sale_slowly[{task_id}] succeeded", timeout=60)
+    assert shop.query("from api.models import Sale\nprint(Sale.objects.count())") == 1
