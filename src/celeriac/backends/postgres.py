@@ -8,12 +8,15 @@ chord_members  (group_id, member_id): a chord's members that are done
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from .._postgres import Database, text
 from ..envelope import dumps, loads
+from ..exceptions import BrokerError, TimeoutError
 from .base import ResultBackend, TaskMeta
 
 TABLES = """
@@ -46,6 +49,9 @@ class PostgresBackend(ResultBackend):
     def __init__(self, url: str, *, prefix: str = "celeriac", **options: Any) -> None:
         super().__init__(url, **options)
         self.db = Database(url, prefix, TABLES, last_table="chord_members")
+        # A task reaching a ready state is NOTIFYed here (its id), so `wait` does not poll.
+        self.channel = f"celeriac_done_{self.db.schema}"[:63]
+        self._listeners = threading.local()
 
     def store(self, metas: Sequence[TaskMeta]) -> None:
         now = time.time()
@@ -62,15 +68,54 @@ class PostgresBackend(ResultBackend):
             )
             for m in metas
         ]
-        with self.db.transaction() as conn, conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO results VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (task_id) DO UPDATE SET state = excluded.state,"
-                " task = excluded.task, result = excluded.result,"
-                " traceback = excluded.traceback, info = excluded.info,"
-                " date_done = excluded.date_done, expires_at = excluded.expires_at",
-                rows,
-            )
+        ready = [row[0] for row, m in zip(rows, metas, strict=True) if m.ready]
+        with self.db.transaction() as conn:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO results VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT (task_id) DO UPDATE SET state = excluded.state,"
+                    " task = excluded.task, result = excluded.result,"
+                    " traceback = excluded.traceback, info = excluded.info,"
+                    " date_done = excluded.date_done, expires_at = excluded.expires_at",
+                    rows,
+                )
+            if ready:  # delivered at commit, to every process waiting on this schema
+                conn.execute(
+                    "SELECT pg_notify(%s, id) FROM unnest(%s::text[]) AS id",
+                    (self.channel, ready),
+                )
+
+    def wait(self, task_id: str, timeout: float | None, interval: float = 0.05) -> TaskMeta:
+        """LISTEN first, then read: a result stored in between is not missed. Woken by
+        each ready task's NOTIFY, it reads again when the id is this one's (and at least
+        every second, should a notification be lost with a connection)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        listener = self._listener()
+        meta = self.get(task_id)
+        while meta is None or not meta.ready:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"task {task_id} not ready after {timeout}s")
+            pause = 1.0 if remaining is None else min(1.0, remaining)
+            try:
+                for note in listener.notifies(timeout=pause):
+                    if note.payload == task_id:
+                        break
+            except self.db.psycopg.Error as exc:
+                self._listeners.conn = None
+                raise BrokerError(f"waiting for task {task_id}: {exc}") from exc
+            meta = self.get(task_id)
+        return meta
+
+    def _listener(self) -> Any:
+        conn = getattr(self._listeners, "conn", None)
+        if conn is None or conn.closed or self._listeners.pid != os.getpid():
+            from psycopg import sql
+
+            conn = self.db.connect()
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+            self._listeners.conn, self._listeners.pid = conn, os.getpid()
+        return conn
 
     def get(self, task_id: str) -> TaskMeta | None:
         return self.get_many([task_id])[0]
@@ -128,3 +173,7 @@ class PostgresBackend(ResultBackend):
 
     def close(self) -> None:
         self.db.close()
+        listener = getattr(self._listeners, "conn", None)
+        if listener is not None and self._listeners.pid == os.getpid():
+            listener.close()
+        self._listeners = threading.local()
