@@ -502,3 +502,55 @@ print(record_sale_slowly.delay(order.id, {str(marker)!r}).id)
     second = start_worker(shop, extra_env=shop.env)
     second.wait_for_log(f"record_sale_slowly[{task_id}] succeeded", timeout=60)
     assert shop.query("from api.models import Sale\nprint(Sale.objects.count())") == 1
+
+
+def test_on_postgresql_a_delay_is_part_of_djangos_transaction(shop, start_worker, broker_kind):
+    """Django and the broker on one PostgreSQL database: no outbox needed."""
+    if broker_kind != "postgres":
+        pytest.skip("Django's database is PostgreSQL here only with the PostgreSQL broker")
+    import psycopg
+
+    from celeriac._postgres import schema_name
+
+    django_schema = schema_name(new_prefix())  # dropped with the session's test schemas
+    with psycopg.connect(postgres_url(), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{django_schema}"')
+    env = {**shop.env, "SHOP_DATABASE_URL": postgres_url(), "SHOP_DB_SCHEMA": django_schema}
+    migrate = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v", "0"],
+        cwd=shop.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    start_worker(shop, extra_env=env)
+    broker_schema = schema_name(env["CELERY_BROKER_KEY_PREFIX"])
+    proc = shop.run(
+        PLACE_ORDER
+        + f"""
+import psycopg
+def visible():  # what another connection (a worker) sees of the queue
+    with psycopg.connect({postgres_url()!r}) as other:
+        return other.execute('SELECT count(*) FROM "{broker_schema}".messages').fetchone()[0]
+try:
+    with transaction.atomic():
+        order = Order.objects.create(user=user, product=product)
+        send_order_confirmation_email.delay(order.id, user.email)
+        raise RuntimeError("rolled back")
+except RuntimeError:
+    pass
+with transaction.atomic():
+    order = Order.objects.create(user=user, product=product)
+    send_order_confirmation_email.delay(order.id, user.email)
+    print(visible())  # not before the commit
+print(order.id)
+""",
+        **{k: v for k, v in env.items() if k.startswith("SHOP_")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    before_commit, order_id = map(int, proc.stdout.split()[-2:])
+    assert before_commit == 0
+    shop.wait_for_email(f"Subject: Order #{order_id} confirmed")
+    assert len(shop.emails()) == 1, "the rolled-back order's email was sent"

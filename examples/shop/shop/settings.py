@@ -1,6 +1,7 @@
 """Settings of the example shop. Every setting a test or a deployment changes comes from
-the environment: SHOP_DB, CELERY_BROKER_URL, CELERY_BROKER_KEY_PREFIX, SHOP_EMAIL_BACKEND,
-SHOP_EMAIL_DIR, SHOP_EMAIL_HOST, SHOP_EMAIL_PORT, SHOP_OUTBOX."""
+the environment: SHOP_DB (or SHOP_DATABASE_URL and SHOP_DB_SCHEMA for PostgreSQL),
+CELERY_BROKER_URL, CELERY_BROKER_KEY_PREFIX, SHOP_EMAIL_BACKEND, SHOP_EMAIL_DIR,
+SHOP_EMAIL_HOST, SHOP_EMAIL_PORT, SHOP_OUTBOX."""
 
 import os
 from pathlib import Path
@@ -53,6 +54,20 @@ DATABASES = {
         "OPTIONS": {"timeout": 20},
     }
 }
+if url := os.environ.get("SHOP_DATABASE_URL"):  # postgresql://user@host:port/name
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parts.path.lstrip("/"),
+        "USER": parts.username or "",
+        "PASSWORD": parts.password or "",
+        "HOST": parts.hostname or "",
+        "PORT": parts.port or 5432,
+    }
+    if schema := os.environ.get("SHOP_DB_SCHEMA"):  # the tests give each run its own
+        DATABASES["default"]["OPTIONS"] = {"options": f"-c search_path={schema}"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "static/"
 MEDIA_ROOT = Path(os.environ.get("SHOP_MEDIA", BASE_DIR / "media"))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from .._postgres import Database, text
 from ..exceptions import BrokerError
@@ -104,16 +105,17 @@ WHERE m.seq = due.seq
 RETURNING m.id, m.queue, m.body, m.attempt, m.lease_expiries, m.priority, m.eta, m.seq
 """
 _OWNED = "id = %s AND attempt = %s AND state = 1"
+# Publish statements name their schema ({s}): they also run on Django's connection.
 _INSERT = """
-INSERT INTO messages (id, queue, priority, eta, body)
+INSERT INTO {s}.messages (id, queue, priority, eta, body)
 SELECT %(id)s, %(queue)s, %(priority)s, %(eta)s, %(body)s
-WHERE NOT EXISTS (SELECT 1 FROM revoked WHERE id = %(id)s AND until > %(now)s)
+WHERE NOT EXISTS (SELECT 1 FROM {s}.revoked WHERE id = %(id)s AND until > %(now)s)
 ON CONFLICT (id) DO NOTHING
 """
 _TAKE_KEY = """
-INSERT INTO keys (key, id, until) VALUES (%s, %s, %s)
+INSERT INTO {s}.keys AS k (key, id, until) VALUES (%s, %s, %s)
 ON CONFLICT (key) DO UPDATE SET id = excluded.id, until = excluded.until
-WHERE keys.until <= %s
+WHERE k.until <= %s
 RETURNING id
 """
 
@@ -122,39 +124,68 @@ class PostgresBroker(Broker):
     def __init__(self, url: str, *, prefix: str = "celeriac", **options: Any) -> None:
         super().__init__(url, **options)
         self.db = Database(url, prefix, TABLES, last_table="beat")
+        self.qualified = f'"{self.db.schema}"'  # a schema name is [a-z0-9_] only
         self.channel = f"celeriac_{self.db.schema}"[:63]
         self._listen_local: Any = None
 
     def publish(self, messages: Sequence[Outgoing]) -> dict[str, str]:
+        """Store the messages, and NOTIFY idle workers at commit. Inside a Django
+        `transaction.atomic()` on this same database, they are written by Django's
+        connection, in that transaction: they exist only if it commits (no outbox needed)."""
         if not messages:
             return {}
+        django_cursor = self._django_cursor()
+        if django_cursor is not None:
+            with django_cursor as cur:
+                return self._publish(cur, messages)
+        with self.db.transaction() as conn, conn.cursor() as cur:
+            return self._publish(cur, messages)
+
+    def _publish(self, cur: Any, messages: Sequence[Outgoing]) -> dict[str, str]:
+        """The statements of a publish, on a psycopg or Django cursor. Tables are named
+        with their schema: Django's connection has its own search path."""
         now = self.clock()
         taken: dict[str, str] = {}
-        with self.db.transaction() as conn:
-            for m in messages:
-                if m.key is not None:
-                    took = conn.execute(_TAKE_KEY, (m.key, m.id, now + m.key_ttl, now)).fetchone()
-                    if took is None:
-                        holder = conn.execute("SELECT id FROM keys WHERE key = %s", (m.key,))
-                        taken[m.id] = holder.fetchone()[0]
-                        continue
-            rows = [
-                {
-                    "id": m.id,
-                    "queue": m.queue,
-                    "priority": m.priority,
-                    "eta": now if m.eta is None else m.eta,
-                    "body": m.body,
-                    "now": now,
-                }
-                for m in messages
-                if m.id not in taken
-            ]
-            if rows:
-                with conn.cursor() as cur:
-                    cur.executemany(_INSERT, rows)
-                conn.execute("SELECT pg_notify(%s, '')", (self.channel,))
+        q = self.qualified
+        for m in messages:
+            if m.key is None:
+                continue
+            cur.execute(_TAKE_KEY.format(s=q), (m.key, m.id, now + m.key_ttl, now))
+            if cur.fetchone() is None:
+                cur.execute(f"SELECT id FROM {q}.keys WHERE key = %s", (m.key,))
+                taken[m.id] = cur.fetchone()[0]
+        rows = [
+            {
+                "id": m.id,
+                "queue": m.queue,
+                "priority": m.priority,
+                "eta": now if m.eta is None else m.eta,
+                "body": m.body,
+                "now": now,
+            }
+            for m in messages
+            if m.id not in taken
+        ]
+        if rows:
+            cur.executemany(_INSERT.format(s=q), rows)
+            cur.execute("SELECT pg_notify(%s, '')", (self.channel,))
         return taken
+
+    def _django_cursor(self) -> Any:
+        """A cursor of Django's connection, when a Django transaction is open on the
+        database this broker uses; else None."""
+        from ..contrib.django import django_ready
+
+        if not django_ready():
+            return None
+        from django.db import transaction
+
+        connection = transaction.get_connection()
+        if not connection.in_atomic_block or connection.vendor != "postgresql":
+            return None
+        if _database_of(connection.settings_dict) != _database_of_url(self.db.url):
+            return None
+        return connection.cursor()  # (the default database's connection)
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
         if not queues or limit <= 0:
@@ -408,6 +439,23 @@ class PostgresBroker(Broker):
         conn = getattr(self._listen_local, "conn", None) if self._listen_local else None
         if conn is not None:
             conn.close()
+
+
+def _database_of(settings: dict[str, Any]) -> tuple[str, str, int]:
+    """(host, database, port) of Django's DATABASES entry; local hosts compare equal."""
+    host = settings.get("HOST") or "localhost"
+    return _local(host), str(settings.get("NAME") or ""), int(settings.get("PORT") or 5432)
+
+
+def _database_of_url(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    return _local(parts.hostname or "localhost"), parts.path.lstrip("/"), parts.port or 5432
+
+
+def _local(host: str) -> str:
+    return (
+        "localhost" if host in ("localhost", "127.0.0.1", "::1") or host.startswith("/") else host
+    )
 
 
 def _dead_filter(ids: Sequence[str] | None, queue: str | None) -> tuple[str, list[Any]]:
