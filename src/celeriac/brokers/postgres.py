@@ -12,11 +12,11 @@ Tables, in the schema named by `broker_key_prefix` (see `_postgres.py`):
     beat       the beat's state: key ("lease", "tick:<entry>", "entry:<name>"), text,
                number, token
 
-A fetch is one `UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)`: concurrent workers
-take different rows without waiting on each other, and the lease is created in the same
-statement that hands the message out. A message whose lease ran out is due again in the
-same statement (counted in lease_expiries), unless that was its last chance: then the
-statement before moves it to the dead letters. Publish sends a `NOTIFY` with its
+A fetch is one transaction: leases that ran out go to the dead letters (the last chance
+used) or back to waiting (counted in lease_expiries, keeping their place in line); then
+one `UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)` leases the best waiting rows:
+concurrent workers take different rows without waiting on each other, and the lease is
+created in the same statement that hands the message out. Publish sends a `NOTIFY` with its
 transaction; an idle worker `LISTEN`s and wakes at once.
 """
 
@@ -89,15 +89,20 @@ SELECT id, queue, body,
        'lease expired ' || (lease_expiries + 1) || ' times: its worker died or hung', %(now)s
 FROM gone
 """
+# Every lease that ran out goes back (keeping its place in line), so its old holder can
+# no longer ack or renew it, whichever message this fetch then takes.
+_EXPIRED_TO_WAITING = """
+UPDATE messages SET state = 0, lease_until = NULL, lease_expiries = lease_expiries + 1
+WHERE seq IN (
+    SELECT seq FROM messages WHERE state = 1 AND lease_until <= %(now)s
+    FOR UPDATE SKIP LOCKED)
+"""
 _LEASE = """
 UPDATE messages m
-SET state = 1, lease_until = %(until)s, attempt = m.attempt + 1,
-    lease_expiries = m.lease_expiries + m.state
+SET state = 1, lease_until = %(until)s, attempt = m.attempt + 1
 FROM (
     SELECT seq FROM messages
-    WHERE queue = ANY(%(queues)s)
-      AND ((state = 0 AND eta <= %(now)s)
-           OR (state = 1 AND lease_until <= %(now)s AND lease_expiries + 1 < %(max)s))
+    WHERE queue = ANY(%(queues)s) AND state = 0 AND eta <= %(now)s
     ORDER BY priority DESC, eta, seq
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED) due
@@ -200,6 +205,7 @@ class PostgresBroker(Broker):
         }
         with self.db.transaction() as conn:
             conn.execute(_EXPIRED_TO_DEAD, params)
+            conn.execute(_EXPIRED_TO_WAITING, params)
             rows = conn.execute(_LEASE, params).fetchall()
         rows.sort(key=lambda r: (-r[5], r[6], r[7]))
         return [Delivery(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]

@@ -54,14 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch tasks from the broker and run them until SIGTERM/SIGINT "
         "(first signal: finish running tasks; second: hand them back at once).",
     )
-    worker.add_argument(
-        "-l",
-        "--loglevel",
-        default="info",
-        choices=["debug", "info", "warning", "error", "critical"],
-        type=str.lower,
-        help="log level (default: info)",
-    )
+    _add_loglevel(worker)
     worker.add_argument(
         "-c",
         "--concurrency",
@@ -141,14 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Publish the messages that Django transactions wrote to the outbox "
         "table (task_outbox) and that were not published at commit, until SIGTERM.",
     )
-    relay.add_argument(
-        "-l",
-        "--loglevel",
-        default="info",
-        choices=["debug", "info", "warning", "error", "critical"],
-        type=str.lower,
-        help="log level (default: info)",
-    )
+    _add_loglevel(relay)
 
     revoke = sub.add_parser(
         "revoke",
@@ -204,14 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_beat_parser(sub: Any) -> None:
-    beat = sub.add_parser(
-        "beat",
-        help="run the beat (periodic tasks), or list and change its entries",
-        description="Without a subcommand: send the periodic tasks of beat_schedule and of "
-        "'beat add' when they are due. Any number of beats may run: each tick is sent once.",
-    )
-    beat.add_argument(
+def _add_loglevel(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "-l",
         "--loglevel",
         default="info",
@@ -219,6 +199,16 @@ def _add_beat_parser(sub: Any) -> None:
         type=str.lower,
         help="log level (default: info)",
     )
+
+
+def _add_beat_parser(sub: Any) -> None:
+    beat = sub.add_parser(
+        "beat",
+        help="run the beat (periodic tasks), or list and change its entries",
+        description="Without a subcommand: send the periodic tasks of beat_schedule and of "
+        "'beat add' when they are due. Any number of beats may run: each tick is sent once.",
+    )
+    _add_loglevel(beat)
     beat_sub = beat.add_subparsers(dest="beat_command", metavar="SUBCOMMAND")
     beat_sub.add_parser("list", help="every entry, with its schedule and next run")
     beat_add = beat_sub.add_parser(

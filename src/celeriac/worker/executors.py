@@ -121,11 +121,24 @@ async def _first(work: Awaitable[Outcome], stop: asyncio.Future[None], hard: flo
     return "stop" if stop in done else "limit"
 
 
-class AsyncExecutor:
-    """`async def` tasks, on the worker's own loop."""
+class _Stoppable:
+    """An executor's runs in progress, by task id, each with a future that `terminate`
+    completes to stop it (`revoke(terminate=True)`)."""
 
     def __init__(self) -> None:
         self._stops: dict[str, asyncio.Future[None]] = {}
+
+    def terminate(self, task_id: str) -> bool:
+        """Stop this task's run; False if it is not running here."""
+        stop = self._stops.get(task_id)
+        if stop is None or stop.done():
+            return False
+        stop.set_result(None)
+        return True
+
+
+class AsyncExecutor(_Stoppable):
+    """`async def` tasks, on the worker's own loop."""
 
     async def run(self, task: Task[Any, Any], request: Request, limits: Limits) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -162,13 +175,6 @@ class AsyncExecutor:
             return retry_outcome(exc)
         except Exception as exc:
             return failed_outcome(task, request, exc)
-
-    def terminate(self, task_id: str) -> bool:
-        stop = self._stops.get(task_id)
-        if stop is None or stop.done():
-            return False
-        stop.set_result(None)
-        return True
 
 
 class _Interruptible:
@@ -236,10 +242,11 @@ class _ThreadRun:
                     self._ident = None  # stopped once; the run is over for the worker
 
 
-class ThreadExecutor:
+class ThreadExecutor(_Stoppable):
     """Plain functions in a pool of threads, each run in a copy of the caller's context."""
 
     def __init__(self, size: int) -> None:
+        super().__init__()
         # A thread stopped at a hard limit may still be in a C call that cannot be
         # interrupted; spare threads keep the pool at its size meanwhile.
         self.pool = concurrent.futures.ThreadPoolExecutor(
@@ -247,7 +254,6 @@ class ThreadExecutor:
         )
         self._lock = threading.Lock()
         self._busy = 0  # threads inside a task function right now
-        self._runs: dict[str, tuple[_ThreadRun, asyncio.Future[None]]] = {}
 
     def _run_in_thread(self, task: Task[Any, Any], request: Request, run: _ThreadRun) -> Outcome:
         with self._lock:
@@ -274,8 +280,7 @@ class ThreadExecutor:
         run = _ThreadRun()
         ctx = contextvars.copy_context()
         work = loop.run_in_executor(self.pool, ctx.run, self._run_in_thread, task, request, run)
-        stop = loop.create_future()
-        self._runs[request.id] = (run, stop)
+        stop = self._stops[request.id] = loop.create_future()
         soft = None
         if limits.soft is not None:
             soft = loop.call_later(limits.soft, run.interrupt, SoftTimeLimitExceeded)
@@ -291,14 +296,7 @@ class ThreadExecutor:
         finally:
             if soft is not None:
                 soft.cancel()
-            del self._runs[request.id]
-
-    def terminate(self, task_id: str) -> bool:
-        entry = self._runs.get(task_id)
-        if entry is None or entry[1].done():
-            return False
-        entry[1].set_result(None)
-        return True
+            del self._stops[request.id]
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -359,19 +357,19 @@ class _Child:
         self.conn.close()
 
 
-class ProcessExecutor:
+class ProcessExecutor(_Stoppable):
     """Plain functions in child processes (spawned, never forked from a process that has
     threads), one task per child at a time. The executor knows which child runs which
     task, so a child that dies, is past its hard limit or is terminated is replaced alone;
     the others' tasks go on."""
 
     def __init__(self, size: int, app_spec: str) -> None:
+        super().__init__()
         self.size = size
         self.app_spec = app_spec
         self._ctx = multiprocessing.get_context("spawn")
         self._idle: asyncio.Queue[_Child] = asyncio.Queue()
         self._children: set[_Child] = set()
-        self._stops: dict[str, asyncio.Future[None]] = {}
         for _ in range(size):
             self._idle.put_nowait(self._spawn())
 
@@ -445,13 +443,6 @@ class ProcessExecutor:
             return Outcome("crashed", error_type="WorkerLostError", error_message=message)
         finally:
             loop.remove_reader(fd)
-
-    def terminate(self, task_id: str) -> bool:
-        stop = self._stops.get(task_id)
-        if stop is None or stop.done():
-            return False
-        stop.set_result(None)
-        return True
 
     def shutdown(self) -> None:
         for child in self._children:
