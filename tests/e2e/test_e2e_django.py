@@ -100,8 +100,13 @@ def shop(tmp_path: Path, broker_kind: str) -> Shop:
         "SHOP_EMAIL_DIR": str(tmp_path / "mail"),
         "PYTHONUNBUFFERED": "1",
     }
+    _migrate(root, env)
+    return Shop(root, env, tmp_path / "mail")
+
+
+def _migrate(root: Path, env: dict[str, str], python: str = sys.executable) -> None:
     migrate = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "-v", "0"],
+        [python, "manage.py", "migrate", "-v", "0"],
         cwd=root,
         env=env,
         capture_output=True,
@@ -109,7 +114,6 @@ def shop(tmp_path: Path, broker_kind: str) -> Shop:
         check=False,
     )
     assert migrate.returncode == 0, migrate.stderr
-    return Shop(root, env, tmp_path / "mail")
 
 
 def _free_port() -> int:
@@ -397,15 +401,7 @@ def django6(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.mark.parametrize("broker_kind", ["sqlite"])  # the broker changes nothing here
 def test_djangos_own_tasks_framework_on_django_6(shop, django6):
-    migrate = subprocess.run(
-        [django6, "manage.py", "migrate", "-v", "0"],
-        cwd=shop.root,
-        env=shop.env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert migrate.returncode == 0, migrate.stderr
+    _migrate(shop.root, shop.env, python=django6)
     worker = subprocess.Popen(
         [django6, "-m", "celeriac", "-A", "shop", "worker"],
         cwd=shop.root,
@@ -519,15 +515,7 @@ def test_on_postgresql_a_delay_is_part_of_djangos_transaction(shop, start_worker
     with psycopg.connect(postgres_url(), autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{django_schema}"')
     env = {**shop.env, "SHOP_DATABASE_URL": postgres_url(), "SHOP_DB_SCHEMA": django_schema}
-    migrate = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "-v", "0"],
-        cwd=shop.root,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert migrate.returncode == 0, migrate.stderr
+    _migrate(shop.root, env)
     start_worker(shop, extra_env=env)
     broker_schema = schema_name(env["CELERY_BROKER_KEY_PREFIX"])
     proc = shop.run(
