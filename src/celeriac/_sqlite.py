@@ -12,6 +12,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -39,6 +40,20 @@ def parse_url(url: str) -> tuple[str, str]:
     return path, synchronous
 
 
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. While another process creates the database, SQLite can answer
+    "database is locked" at once, without waiting out the busy timeout: wait here."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class Database:
     def __init__(self, url: str, schema: str, synchronous: str | None = None) -> None:
         self.path, self.synchronous = parse_url(url)
@@ -63,7 +78,7 @@ class Database:
                 conn = sqlite3.connect(
                     self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
                 )
-                conn.execute("PRAGMA journal_mode=WAL")
+                _wal(conn)
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
             except sqlite3.Error as exc:
                 raise BrokerError(f"cannot open SQLite database {self.path}: {exc}") from exc

@@ -3,9 +3,11 @@
 The hot path — fetch, renew, wait for messages, store outcomes, ack — goes through a
 `LoopIO`. A broker with an asyncio client of its own (Redis) provides one with
 `Broker.on_loop()`, so those calls run on the loop with no thread hop. For the others,
-`ThreadedIO` runs the synchronous calls in I/O threads: one fetches and renews, one
-stores and acks (so neither waits for the other's round trips), one waits for messages.
-Rare calls (nack, dead-letter, release) always go through the fetching thread.
+`ThreadedIO` runs the synchronous calls in I/O threads: one fetches, one stores and acks
+(so neither waits for the other's round trips), one waits for messages, and one renews
+leases, so that a heartbeat never queues behind a slow fetch or batch and a live worker
+does not lose its leases. Rare calls (nack, dead-letter, release) go through the fetching
+thread.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class ThreadedIO:
         self.fetcher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="celeriac-io")
         self.acker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="celeriac-ack")
         self.waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="celeriac-wait")
+        self.renewer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="celeriac-renew")
 
     async def call(
         self, fn: Callable[..., T], *args: Any, thread: concurrent.futures.Executor | None = None
@@ -51,7 +54,7 @@ class ThreadedIO:
         return await self.call(self.broker.fetch, queues, limit, lease)
 
     async def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
-        return await self.call(self.broker.renew, deliveries, lease)
+        return await self.call(self.broker.renew, deliveries, lease, thread=self.renewer)
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         await self.call(self.broker.wait, queues, timeout, thread=self.waiter)
@@ -72,4 +75,5 @@ class ThreadedIO:
     async def close(self) -> None:
         self.waiter.shutdown(wait=False)  # may be blocked in a wait; nothing to lose there
         self.acker.shutdown(wait=True)
+        self.renewer.shutdown(wait=True)
         self.fetcher.shutdown(wait=True)
