@@ -22,6 +22,7 @@ transaction; an idle worker `LISTEN`s and wakes at once.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -131,7 +132,7 @@ class PostgresBroker(Broker):
         self.db = Database(url, prefix, TABLES, last_table="beat")
         self.qualified = f'"{self.db.schema}"'  # a schema name is [a-z0-9_] only
         self.channel = f"celeriac_{self.db.schema}"[:63]
-        self._listen_local: Any = None
+        self._listen_local = threading.local()  # each waiting thread's LISTEN connection
 
     def publish(self, messages: Sequence[Outgoing]) -> dict[str, str]:
         """Store the messages, and NOTIFY idle workers at commit. Inside a Django
@@ -211,26 +212,36 @@ class PostgresBroker(Broker):
         return [Delivery(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows]
 
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
-        until = self.clock() + lease
-        with self.db.transaction() as conn:
-            return [
-                conn.execute(
-                    f"UPDATE messages SET lease_until = %s WHERE {_OWNED}",
-                    (until, d.id, d.attempt),
-                ).rowcount
-                == 1
-                for d in deliveries
-            ]
+        return self._owned(
+            "UPDATE messages m SET lease_until = %s", (self.clock() + lease,), deliveries
+        )
 
     def ack(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        return self._owned("DELETE FROM messages m", (), deliveries)
+
+    def _owned(
+        self, change: str, params: tuple[Any, ...], deliveries: Sequence[Delivery]
+    ) -> list[bool]:
+        """Apply `change` (an UPDATE or DELETE of `messages m`) to the deliveries still
+        owned, in one statement for the whole batch; which of them it applied to."""
         if not deliveries:
             return []
+        using = "FROM" if change.startswith("UPDATE") else "USING"
         with self.db.transaction() as conn:
-            return [
-                conn.execute(f"DELETE FROM messages WHERE {_OWNED}", (d.id, d.attempt)).rowcount
-                == 1
-                for d in deliveries
-            ]
+            rows = conn.execute(
+                f"{change} {using} unnest(%s::text[], %s::int[]) AS d(id, attempt)"
+                " WHERE m.id = d.id AND m.attempt = d.attempt AND m.state = 1"
+                " RETURNING m.id, m.attempt",
+                (*params, [d.id for d in deliveries], [d.attempt for d in deliveries]),
+            ).fetchall()
+        done = {(r[0], r[1]) for r in rows}
+        # As if applied one by one: a delivery listed twice is deleted (acked) only once.
+        deletes, seen, answers = using == "USING", set(), []
+        for d in deliveries:
+            key = (d.id, d.attempt)
+            answers.append(key in done and not (deletes and key in seen))
+            seen.add(key)
+        return answers
 
     def nack(self, delivery: Delivery, delay: float = 0.0, body: bytes | None = None) -> bool:
         eta = self.clock() + delay
@@ -422,12 +433,8 @@ class PostgresBroker(Broker):
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Block until a publish NOTIFYs, or `timeout` passes (this thread's LISTEN
         connection, kept between waits)."""
-        import threading
-
         from psycopg import sql
 
-        if self._listen_local is None:
-            self._listen_local = threading.local()
         local = self._listen_local
         conn = getattr(local, "conn", None)
         try:
@@ -442,7 +449,7 @@ class PostgresBroker(Broker):
 
     def close(self) -> None:
         self.db.close()
-        conn = getattr(self._listen_local, "conn", None) if self._listen_local else None
+        conn = getattr(self._listen_local, "conn", None)
         if conn is not None:
             conn.close()
 
