@@ -725,6 +725,19 @@ def test_one_key_twice_in_one_batch(broker: Broker, queue: str) -> None:
     assert ids(fetch_all(broker, [queue])) == ["a"]
 
 
+def test_take_keys_takes_them_without_storing_messages(
+    broker: Broker, queue: str, clock: Any
+) -> None:
+    assert broker.take_keys([out(queue, "a", key="k", key_ttl=60), out(queue, "unkeyed")]) == {}
+    assert broker.fetch([queue], 10, LEASE) == []
+    # The same keys as publish takes: either way, the first holder wins.
+    assert broker.publish([out(queue, "b", key="k", key_ttl=60)]) == {"b": "a"}
+    assert broker.publish([out(queue, "c", key="k2", key_ttl=60)]) == {}
+    assert broker.take_keys([out(queue, "d", key="k2", key_ttl=60)]) == {"d": "c"}
+    clock.advance(61)
+    assert broker.take_keys([out(queue, "e", key="k", key_ttl=60)]) == {}
+
+
 # -- the beat's state --------------------------------------------------------------------------
 
 

@@ -109,6 +109,12 @@ class Broker(ABC):
         `key` is taken is not stored: the result maps its id to the id holding the key."""
 
     @abstractmethod
+    def take_keys(self, messages: Sequence[Outgoing]) -> dict[str, str]:
+        """Take the idempotency keys of these messages as `publish` does, without storing
+        the messages: for a broker that keeps its messages elsewhere and its keys here
+        (`amqp://`). Returns the same map as `publish` for the keys already taken."""
+
+    @abstractmethod
     def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
         """Lease up to `limit` due messages from `queues`, highest priority first, then
         oldest eta, then publish order. Messages whose lease ran out are due again (and

@@ -46,20 +46,32 @@ class MemoryBroker(Broker):
 
     def publish(self, messages: Sequence[Outgoing]) -> dict[str, str]:
         now = self.clock()
-        taken: dict[str, str] = {}
         with self._lock:
+            taken = self._take_keys(messages, now)
             for m in messages:
-                if m.key is not None:
-                    holder = self._keys.get(m.key)
-                    if holder is not None and holder[1] > now:
-                        taken[m.id] = holder[0]
-                        continue
-                    self._keys[m.key] = (m.id, now + m.key_ttl)
+                if m.id in taken:
+                    continue
                 if m.id not in self._messages and not self._is_revoked(m.id, now):
                     eta = now if m.eta is None else m.eta
                     self._messages[m.id] = _Message(
                         m.id, m.queue, m.body, m.priority, eta, next(self._seq)
                     )
+        return taken
+
+    def take_keys(self, messages: Sequence[Outgoing]) -> dict[str, str]:
+        with self._lock:
+            return self._take_keys(messages, self.clock())
+
+    def _take_keys(self, messages: Sequence[Outgoing], now: float) -> dict[str, str]:
+        taken: dict[str, str] = {}
+        for m in messages:
+            if m.key is None:
+                continue
+            holder = self._keys.get(m.key)
+            if holder is not None and holder[1] > now:
+                taken[m.id] = holder[0]
+            else:
+                self._keys[m.key] = (m.id, now + m.key_ttl)
         return taken
 
     def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:

@@ -151,15 +151,8 @@ class PostgresBroker(Broker):
         """The statements of a publish, on a psycopg or Django cursor. Tables are named
         with their schema: Django's connection has its own search path."""
         now = self.clock()
-        taken: dict[str, str] = {}
         q = self.qualified
-        for m in messages:
-            if m.key is None:
-                continue
-            cur.execute(_TAKE_KEY.format(s=q), (m.key, m.id, now + m.key_ttl, now))
-            if cur.fetchone() is None:
-                cur.execute(f"SELECT id FROM {q}.keys WHERE key = %s", (m.key,))
-                taken[m.id] = cur.fetchone()[0]
+        taken = self._take_keys(cur, messages, now)
         rows = [
             {
                 "id": m.id,
@@ -175,6 +168,22 @@ class PostgresBroker(Broker):
         if rows:
             cur.executemany(_INSERT.format(s=q), rows)
             cur.execute("SELECT pg_notify(%s, '')", (self.channel,))
+        return taken
+
+    def take_keys(self, messages: Sequence[Outgoing]) -> dict[str, str]:
+        with self.db.transaction() as conn, conn.cursor() as cur:
+            return self._take_keys(cur, messages, self.clock())
+
+    def _take_keys(self, cur: Any, messages: Sequence[Outgoing], now: float) -> dict[str, str]:
+        taken: dict[str, str] = {}
+        q = self.qualified
+        for m in messages:
+            if m.key is None:
+                continue
+            cur.execute(_TAKE_KEY.format(s=q), (m.key, m.id, now + m.key_ttl, now))
+            if cur.fetchone() is None:
+                cur.execute(f"SELECT id FROM {q}.keys WHERE key = %s", (m.key,))
+                taken[m.id] = cur.fetchone()[0]
         return taken
 
     def _django_cursor(self) -> Any:

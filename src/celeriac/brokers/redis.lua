@@ -76,6 +76,33 @@ local function owned(id, attempt)
     and redis.call('HGET', P .. ':m:' .. id, 'attempt') == attempt
 end
 
+-- Take an idempotency key for message `id` unless another message holds it; if one does,
+-- append (id, holder) to `taken` and return false. The value is '<until> <id>': <until>
+-- on the callers' clock, as for leases.
+local function take_key(id, key, ttl_ms_text, taken)
+  local kkey, ttl_ms = P .. ':key:' .. key, tonumber(ttl_ms_text)
+  local held = redis.call('GET', kkey)
+  local space = held and string.find(held, ' ', 1, true)
+  if space and tonumber(string.sub(held, 1, space - 1)) > now then
+    table.insert(taken, id)
+    table.insert(taken, string.sub(held, space + 1))
+    return false
+  end
+  local until_text = string.format('%.6f', now + ttl_ms / 1000)
+  redis.call('SET', kkey, until_text .. ' ' .. id, 'PX', ttl_ms + 1000)
+  return true
+end
+
+-- take_keys <n> (<id> <key> <key ttl ms>) * n: the keys alone, for a broker whose messages
+-- live elsewhere (amqp://). Returns (id, holder)* as publish does.
+if op == 'take_keys' then
+  local taken = {}
+  for i = 0, tonumber(ARGV[4]) - 1 do
+    take_key(ARGV[5 + i * 3], ARGV[6 + i * 3], ARGV[7 + i * 3], taken)
+  end
+  return taken
+end
+
 -- publish <n> (<id> <queue> <priority> <eta or ''> <body> <key or ''> <key ttl ms>) * n
 -- Returns (id, holder)* for the messages not stored because their key was taken.
 if op == 'publish' then
@@ -86,21 +113,7 @@ if op == 'publish' then
     local id, queue, priority, eta, body =
       ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3], ARGV[base + 4]
     local mkey = P .. ':m:' .. id
-    local free = true
-    if ARGV[base + 5] ~= '' then
-      -- The value is '<until> <id>': <until> on the callers' clock, as for leases.
-      local kkey, ttl_ms = P .. ':key:' .. ARGV[base + 5], tonumber(ARGV[base + 6])
-      local held = redis.call('GET', kkey)
-      local space = held and string.find(held, ' ', 1, true)
-      if space and tonumber(string.sub(held, 1, space - 1)) > now then
-        table.insert(taken, id)
-        table.insert(taken, string.sub(held, space + 1))
-        free = false
-      else
-        local until_text = string.format('%.6f', now + ttl_ms / 1000)
-        redis.call('SET', kkey, until_text .. ' ' .. id, 'PX', ttl_ms + 1000)
-      end
-    end
+    local free = ARGV[base + 5] == '' or take_key(id, ARGV[base + 5], ARGV[base + 6], taken)
     if free and redis.call('EXISTS', mkey) == 0 and not (any_revoked and is_revoked(id)) then
       local due = eta == '' and now or tonumber(eta)
       local seq = redis.call('INCR', P .. ':seq')

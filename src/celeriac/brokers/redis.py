@@ -86,6 +86,15 @@ class RedisBroker(Broker):
             self._wait_for_fsync()
         return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
+    def take_keys(self, messages: Sequence[Outgoing]) -> dict[str, str]:
+        keyed = [m for m in messages if m.key is not None]
+        if not keyed:
+            return {}
+        args: list[Any] = [len(keyed)]
+        for m in keyed:
+            args += [m.id, m.key, max(1, int(m.key_ttl * 1000))]
+        return _holders(self._run("take_keys", *args))
+
     def _wait_for_fsync(self) -> None:
         """`WAITAOF 1 0`: block until this server has fsynced the write to its AOF."""
         import redis
@@ -275,6 +284,11 @@ class RedisBroker(Broker):
 
     def close(self) -> None:
         self.client.close()
+
+
+def _holders(flat: list[Any]) -> dict[str, str]:
+    """A publish or take_keys reply: (id, holder)* -> {id: holder}."""
+    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
 
 def _pairs(deliveries: Sequence[Delivery]) -> list[Any]:

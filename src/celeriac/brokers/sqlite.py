@@ -134,6 +134,10 @@ class SqliteBroker(Broker):
             self._insert(conn, [m for m in messages if m.id not in taken], now)
         return taken
 
+    def take_keys(self, messages: Sequence[Outgoing]) -> dict[str, str]:
+        with self.db.transaction() as conn:
+            return self._take_keys(conn, messages, self.clock())
+
     @staticmethod
     def _take_keys(
         conn: sqlite3.Connection, messages: Sequence[Outgoing], now: float
