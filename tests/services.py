@@ -81,6 +81,29 @@ def drop_test_schemas() -> None:
             conn.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
+AMQP_URL = os.environ.get("CELERIAC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@functools.cache
+def _amqp_problem() -> str | None:
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(AMQP_URL)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 2).close()
+    except OSError as exc:
+        return f"RabbitMQ at {parts.hostname}:{parts.port} is not reachable ({exc})"
+    return None
+
+
+def amqp_url() -> str:
+    """The test RabbitMQ server's URL, or skip (fail in CI) when it is not reachable. Each
+    test's queues are named by its prefix; `AmqpBroker.delete_queues` removes them."""
+    require(_amqp_problem())
+    return AMQP_URL
+
+
 def new_prefix() -> str:
     return f"{TEST_PREFIX}:{uuid.uuid4().hex[:12]}"
 

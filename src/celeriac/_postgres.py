@@ -15,16 +15,9 @@ import re
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
+from .brokers.base import redacted
 from .exceptions import BrokerError, ConfigurationError
-
-
-def redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
 def schema_name(prefix: str) -> str:

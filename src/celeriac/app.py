@@ -230,6 +230,7 @@ class Celeriac:
                 max_lease_expiries=conf.broker_max_lease_expiries,
                 durable_publish=conf.broker_durable_publish,
                 prefix=conf.broker_key_prefix,
+                state_url=conf.effective_broker_state_url,
             )
         return self._broker
 

@@ -21,6 +21,8 @@ from .exceptions import ConfigurationError
 log = logging.getLogger("celeriac")
 
 DEFAULT_SQLITE_URL = "sqlite:///celeriac.db"
+# Brokers that also keep results and state (amqp:// keeps neither).
+STORE_SCHEMES = ("sqlite", "memory", "redis", "rediss", "unix", "postgresql", "postgres")
 
 
 @dataclass
@@ -64,6 +66,10 @@ class Settings:
     # but a power loss (SQLite) or a server crash (Redis) can lose the last moments' tasks.
     broker_durable_publish: bool = False
     broker_key_prefix: str = "celeriac"  # Redis: the prefix of every key, to share a server
+    # amqp://: where revocations, rate limits, idempotency keys and the beat's state live
+    # (RabbitMQ has no place for them): a redis://, postgresql:// or sqlite:/// URL. Unset:
+    # the result backend, when it is one of those.
+    broker_state_url: str | None = None
 
     # Sign every message with HMAC-SHA256 (a secret shared by producers and workers); a
     # worker dead-letters unsigned or tampered messages. Old keys are still accepted, for
@@ -114,16 +120,14 @@ class Settings:
         if self.result_backend:
             return self.result_backend
         broker = self.effective_broker_url
-        has_store = broker.split("://")[0] in (
-            "sqlite",
-            "memory",
-            "redis",
-            "rediss",
-            "unix",
-            "postgresql",
-            "postgres",
-        )
-        return broker if has_store else None
+        return broker if broker.split("://")[0] in STORE_SCHEMES else None
+
+    @property
+    def effective_broker_state_url(self) -> str | None:
+        if self.broker_state_url:
+            return self.broker_state_url
+        backend = self.effective_result_backend
+        return backend if backend and backend.split("://")[0] in STORE_SCHEMES else None
 
 
 KNOWN = frozenset(f.name for f in dataclasses.fields(Settings))

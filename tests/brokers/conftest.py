@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from celeriac.brokers import Broker, from_url
-from services import postgres_url, prefix_for, redis_url
+from services import amqp_url, postgres_url, prefix_for, redis_url
 
 T = TypeVar("T")
 
@@ -54,6 +54,9 @@ class BrokerKind:
     name: str
     connect: Callable[[Path, dict[str, Any]], Broker]
     shared: bool
+    # What the kind does differently, each with the reason a test that needs it is skipped
+    # (tests mark what they need with `@pytest.mark.needs("...")`).
+    lacks: dict[str, str] = field(default_factory=dict)
 
 
 def _memory(tmp_path: Path, options: dict[str, Any]) -> Broker:
@@ -72,11 +75,29 @@ def _redis(tmp_path: Path, options: dict[str, Any]) -> Broker:
     return from_url(redis_url(), prefix=prefix_for(tmp_path), **options)
 
 
+def _amqp(tmp_path: Path, options: dict[str, Any]) -> Broker:
+    # The state store in a file of the test's own: two brokers of one test share it.
+    state = f"sqlite:///{tmp_path}/amqp-state.db"
+    return from_url(amqp_url(), prefix=prefix_for(tmp_path), state_url=state, **options)
+
+
+AMQP_LACKS = {
+    "clock_leases": "a lease lasts as long as its connection, not for a time on the broker's"
+    " clock (tests/brokers/test_amqp_broker.py checks leases lost with the connection)",
+    "clock_etas": "delays run on RabbitMQ's clock (message TTLs), not the broker's",
+    "eta_order": "messages of one priority run in the order they became due",
+    "full_stats": "AMQP counts no leased or delayed messages",
+    "id_dedup": "RabbitMQ stores a message id published twice twice",
+    "shared_leases": "a delivery is acked on the connection that fetched it",
+    "revoke_deletes": "a revoked message stays in its queue and is dropped when fetched",
+}
+
 BROKER_KINDS = [
     BrokerKind("memory", _memory, shared=False),
     BrokerKind("sqlite", _sqlite, shared=True),
     BrokerKind("redis", _redis, shared=True),
     BrokerKind("postgres", _postgres, shared=True),
+    BrokerKind("amqp", _amqp, shared=True, lacks=AMQP_LACKS),
 ]
 
 
@@ -86,6 +107,10 @@ MakeBroker = Callable[..., Broker]
 @pytest.fixture(params=BROKER_KINDS, ids=lambda kind: kind.name)
 def broker_kind(request: pytest.FixtureRequest) -> BrokerKind:
     kind: BrokerKind = request.param
+    for marker in request.node.iter_markers("needs"):
+        for need in marker.args:
+            if need in kind.lacks:
+                pytest.skip(f"{kind.name}: {kind.lacks[need]}")
     return kind
 
 
@@ -109,6 +134,8 @@ def make_broker(broker_kind: BrokerKind, tmp_path: Path, clock: FakeClock) -> It
 
     yield make
     for broker in made:
+        if hasattr(broker, "delete_queues"):  # RabbitMQ keeps queues until deleted
+            broker.delete_queues()
         broker.close()
 
 

@@ -87,6 +87,7 @@ def test_fetch_from_an_unknown_queue_returns_nothing(
     assert broker.fetch([new_queue()], 10, LEASE) == []
 
 
+@pytest.mark.needs("full_stats")
 def test_leased_message_is_not_fetched_again(broker: Broker, queue: str, clock: Any) -> None:
     broker.publish([out(queue, "a")])
     assert ids(broker.fetch([queue], 10, LEASE)) == ["a"]
@@ -95,6 +96,7 @@ def test_leased_message_is_not_fetched_again(broker: Broker, queue: str, clock: 
     assert stats_of(broker, queue) == QueueStats(leased=1)
 
 
+@pytest.mark.needs("eta_order")
 def test_order_is_priority_then_eta_then_publish_order(
     broker: Broker, queue: str, clock: Any
 ) -> None:
@@ -144,6 +146,7 @@ def test_queues_are_isolated(broker: Broker, new_queue: Callable[[], str]) -> No
 # -- delays ----------------------------------------------------------------------------------
 
 
+@pytest.mark.needs("clock_etas")
 def test_delayed_message_waits_for_its_eta(broker: Broker, queue: str, clock: Any) -> None:
     broker.publish([out(queue, "later", eta=clock.now + 10), out(queue, "now")])
     assert stats_of(broker, queue) == QueueStats(ready=1, delayed=1)
@@ -157,6 +160,7 @@ def test_delayed_message_waits_for_its_eta(broker: Broker, queue: str, clock: An
     assert (d.id, d.attempt, d.lease_expiries) == ("later", 1, 0)
 
 
+@pytest.mark.needs("eta_order")
 def test_eta_now_or_past_is_due_at_once(broker: Broker, queue: str, clock: Any) -> None:
     broker.publish([out(queue, "now", eta=clock.now), out(queue, "past", eta=clock.now - 60)])
     assert stats_of(broker, queue) == QueueStats(ready=2)
@@ -193,6 +197,7 @@ def test_ack_of_something_never_fetched_is_refused(broker: Broker, queue: str) -
     assert stats_of(broker, queue) == QueueStats(ready=1)
 
 
+@pytest.mark.needs("clock_leases")
 def test_stale_delivery_is_fenced_off(broker: Broker, queue: str, clock: Any) -> None:
     """After a lease runs out and the message is fetched again, the old delivery can change
     nothing; the new owner can still ack."""
@@ -217,6 +222,7 @@ def test_stale_delivery_is_fenced_off(broker: Broker, queue: str, clock: Any) ->
     assert queue not in broker.stats()
 
 
+@pytest.mark.needs("clock_leases")
 def test_renew_by_the_new_owner_only(broker: Broker, queue: str, clock: Any) -> None:
     broker.publish([out(queue, "a")])
     [old] = broker.fetch([queue], 1, LEASE)
@@ -230,6 +236,7 @@ def test_renew_by_the_new_owner_only(broker: Broker, queue: str, clock: Any) -> 
 # -- leases ----------------------------------------------------------------------------------
 
 
+@pytest.mark.needs("clock_leases")
 def test_renew_extends_the_lease(broker: Broker, queue: str, clock: Any) -> None:
     broker.publish([out(queue, "a")])
     [d] = broker.fetch([queue], 1, 10.0)
@@ -250,6 +257,7 @@ def test_renew_of_a_gone_message_is_refused(broker: Broker, queue: str) -> None:
     assert broker.renew([a, b], LEASE) == [False, True]
 
 
+@pytest.mark.needs("clock_leases")
 def test_expired_lease_is_delivered_again(broker: Broker, queue: str, clock: Any) -> None:
     broker.publish([out(queue, "a", b"payload")])
     [first] = broker.fetch([queue], 1, 5.0)
@@ -265,6 +273,7 @@ def test_expired_lease_is_delivered_again(broker: Broker, queue: str, clock: Any
     )
 
 
+@pytest.mark.needs("clock_leases")
 def test_expired_lease_keeps_its_place_in_line(broker: Broker, queue: str, clock: Any) -> None:
     broker.publish([out(queue, "a")])
     broker.fetch([queue], 1, 5.0)
@@ -273,6 +282,7 @@ def test_expired_lease_keeps_its_place_in_line(broker: Broker, queue: str, clock
     assert ids(broker.fetch([queue], 10, 5.0)) == ["a", "b"]
 
 
+@pytest.mark.needs("clock_leases")
 def test_lease_runs_out_on_the_real_clock(
     make_broker: Callable[..., Broker], queue: str, wait_until: Callable[..., Any]
 ) -> None:
@@ -284,6 +294,7 @@ def test_lease_runs_out_on_the_real_clock(
     assert broker.ack([first, second]) == [False, True]
 
 
+@pytest.mark.needs("clock_leases")
 @pytest.mark.parametrize("max_lease_expiries", [None, 1, 2])
 def test_too_many_lease_expiries_dead_letter_the_message(
     make_broker: Callable[..., Broker], queue: str, clock: Any, max_lease_expiries: int | None
@@ -311,6 +322,7 @@ def test_too_many_lease_expiries_dead_letter_the_message(
 # -- nack and release ------------------------------------------------------------------------
 
 
+@pytest.mark.needs("clock_etas")
 def test_nack_with_delay_and_new_body(broker: Broker, queue: str, clock: Any) -> None:
     broker.publish([out(queue, "a", b"try 1")])
     [d] = broker.fetch([queue], 1, LEASE)
@@ -340,6 +352,7 @@ def test_nack_goes_behind_messages_already_waiting(broker: Broker, queue: str, c
     assert ids(broker.fetch([queue], 10, LEASE)) == ["b", "a"]
 
 
+@pytest.mark.needs("clock_leases")
 def test_nack_is_not_a_lease_expiry(
     make_broker: Callable[..., Broker], queue: str, clock: Any
 ) -> None:
@@ -429,6 +442,7 @@ def test_dead_letters_of_an_unknown_queue(broker: Broker, new_queue: Callable[[]
 # -- purge and stats -------------------------------------------------------------------------
 
 
+@pytest.mark.needs("clock_etas")
 def test_purge_removes_ready_and_delayed_not_leased(
     broker: Broker, queue: str, new_queue: Callable[[], str], clock: Any
 ) -> None:
@@ -468,6 +482,7 @@ def test_purge_keeps_dead_letters(broker: Broker, queue: str) -> None:
     assert [d.id for d in broker.dead_letters(queue)] == ["a"]
 
 
+@pytest.mark.needs("full_stats")
 def test_stats_per_queue(
     broker: Broker, queue: str, new_queue: Callable[[], str], clock: Any
 ) -> None:
@@ -494,6 +509,7 @@ def test_stats_of_a_queue_with_only_dead_letters(broker: Broker, queue: str) -> 
 # -- publishing the same id ------------------------------------------------------------------
 
 
+@pytest.mark.needs("id_dedup")
 def test_publishing_a_queued_id_again_is_a_no_op(broker: Broker, queue: str) -> None:
     broker.publish([out(queue, "a", b"first")])
     broker.publish([out(queue, "a", b"second", priority=9)])
@@ -506,6 +522,7 @@ def test_publishing_a_queued_id_again_is_a_no_op(broker: Broker, queue: str) -> 
     assert queue not in broker.stats()
 
 
+@pytest.mark.needs("id_dedup")
 def test_publishing_a_delayed_id_again_is_a_no_op(broker: Broker, queue: str, clock: Any) -> None:
     broker.publish([out(queue, "a", b"first", eta=clock.now + 60)])
     broker.publish([out(queue, "a", b"second")])
@@ -572,6 +589,7 @@ def test_concurrent_consumers_get_each_message_once(
     assert queue not in broker.stats()
 
 
+@pytest.mark.needs("shared_leases")
 def test_a_second_broker_object_sees_the_same_queues(
     broker_kind: Any, broker: Broker, make_broker: Callable[..., Broker], queue: str
 ) -> None:
@@ -608,6 +626,7 @@ def test_replay_puts_dead_letters_back(broker: Broker, queue: str, new_queue: An
     assert broker.replay(["nope"]) == 0
 
 
+@pytest.mark.needs("id_dedup")
 def test_replay_skips_an_id_that_is_queued_again(broker: Broker, queue: str) -> None:
     _bury(broker, queue, ["a"])
     broker.publish([out(queue, "a", b"new")])
@@ -630,6 +649,7 @@ def test_purge_dead(broker: Broker, queue: str, new_queue: Any) -> None:
 # -- revoke ----------------------------------------------------------------------------------
 
 
+@pytest.mark.needs("revoke_deletes")
 def test_revoke_deletes_ready_and_delayed_messages(broker: Broker, queue: str, clock: Any) -> None:
     broker.publish([out(queue, "ready"), out(queue, "later", eta=clock() + 60), out(queue, "kept")])
     assert sorted(broker.revoke(["ready", "later", "never-sent"])) == ["later", "ready"]
@@ -649,6 +669,7 @@ def test_a_revoked_id_published_later_is_dropped(broker: Broker, queue: str) -> 
     assert broker.revoked(["early", "other"]) == {"early": True}
 
 
+@pytest.mark.needs("revoke_deletes")
 def test_a_revoked_leased_message_stays_with_its_worker(broker: Broker, queue: str) -> None:
     broker.publish([out(queue, "a")])
     [d] = broker.fetch([queue], 10, LEASE)
@@ -658,6 +679,7 @@ def test_a_revoked_leased_message_stays_with_its_worker(broker: Broker, queue: s
     assert stats_of(broker, queue) == QueueStats()
 
 
+@pytest.mark.needs("revoke_deletes")
 @pytest.mark.parametrize("ending", ["expiry", "nack", "release"])
 def test_a_revoked_leased_message_comes_back_as_a_redelivery(
     broker: Broker, queue: str, clock: Any, ending: str

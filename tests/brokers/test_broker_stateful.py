@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -304,6 +305,7 @@ class BrokerContract(RuleBasedStateMachine):
         self.dead_letters_match()
 
 
+@pytest.mark.needs("clock_leases", "full_stats", "id_dedup")
 def test_broker_contract_state_machine(
     broker_kind: Any, make_broker: Callable[..., Broker]
 ) -> None:

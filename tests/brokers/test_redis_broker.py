@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from celeriac.brokers import Outgoing, from_url
-from celeriac.brokers.redis import redacted
+from celeriac.brokers.base import redacted
 from celeriac.exceptions import BrokerError, ConfigurationError
 from polling import wait_until
 from services import new_prefix, redis_url

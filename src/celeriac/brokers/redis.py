@@ -15,11 +15,10 @@ from __future__ import annotations
 import importlib.resources
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from ..backends.base import ResultBackend, TaskMeta
 from ..exceptions import BrokerError, ConfigurationError
-from .base import REVOKE_KEEP, Broker, DeadLetter, Delivery, Outgoing, QueueStats
+from .base import REVOKE_KEEP, Broker, DeadLetter, Delivery, Outgoing, QueueStats, redacted
 
 if TYPE_CHECKING:
     from ..backends.redis import RedisBackend
@@ -27,15 +26,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 DURABLE_TIMEOUT_MS = 5000
 SCRIPT = importlib.resources.files(__package__).joinpath("redis.lua").read_text()
-
-
-def redacted(url: str) -> str:
-    """The URL with its password replaced, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def connect(url: str) -> Any:
