@@ -35,7 +35,7 @@ import pytest
 
 from celeriac import Celeriac
 from polling import wait_until
-from services import new_prefix, postgres_url, redis_url
+from services import amqp_url, new_prefix, postgres_url, redis_url
 
 T = TypeVar("T")
 
@@ -141,18 +141,24 @@ class Project:
 
     def close(self) -> None:
         if self._app is not None:
+            delete_queues = getattr(self._app.broker, "delete_queues", None)
+            if delete_queues is not None:  # RabbitMQ keeps queues until deleted
+                delete_queues()
             self._app.close()
             self._app = None
 
 
-@pytest.fixture(params=["sqlite", "redis", "postgres"])
+@pytest.fixture(params=["sqlite", "redis", "postgres", "amqp"])
 def broker_kind(request: pytest.FixtureRequest) -> str:
-    """Every e2e test runs on each broker that has real worker processes share it."""
+    """Every e2e test runs on each broker that has real worker processes share it
+    (RabbitMQ with its results and state on Redis)."""
     kind: str = request.param
-    if kind == "redis":
+    if kind in ("redis", "amqp"):
         redis_url()  # skips (or fails in CI) without a server
     if kind == "postgres":
         postgres_url()
+    if kind == "amqp":
+        amqp_url()
     return kind
 
 
@@ -168,9 +174,13 @@ def make_project(tmp_path: Path, broker_kind: str) -> Iterator[Callable[..., Pro
         (root / package).mkdir(parents=True)
         workdir.mkdir()
         settings = {**DEFAULT_SETTINGS, **settings}
-        if broker_kind in ("redis", "postgres"):
-            broker_url = redis_url() if broker_kind == "redis" else postgres_url()
+        if broker_kind in ("redis", "postgres", "amqp"):
+            broker_url = {"redis": redis_url, "postgres": postgres_url, "amqp": amqp_url}[
+                broker_kind
+            ]()
             settings["broker_key_prefix"] = new_prefix()
+            if broker_kind == "amqp":
+                settings.setdefault("result_backend", redis_url())
         else:
             broker_url = f"sqlite:///{base / 'celeriac.db'}"
         (root / package / "__init__.py").write_text("")

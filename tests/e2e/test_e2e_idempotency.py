@@ -30,6 +30,7 @@ def test_a_redelivered_task_that_already_succeeded_is_not_run_again(
     # A worker took it, ran it, stored its success and died before its ack: done by hand.
     [delivery] = app.broker.fetch(["celeriac"], 1, 0.5)
     app.backend.store([TaskMeta(result.id, states.SUCCESS, project.name("charge"), "done")])
+    app.close()  # its connection, too, as a dead worker's (RabbitMQ's lease ends with it)
 
     worker = start_worker(project)
     worker.wait_for_log(f"[{result.id}] already succeeded: not run again")

@@ -52,13 +52,16 @@ def test_queued_and_delayed_tasks_never_run(make_project, start_worker, wait_unt
     delayed = send(project.name("mark"), args=["delayed"], eta=_in(1.0))
     queued.revoke()
     project.app.control.revoke([delayed.id])
-    for result in (queued, delayed):
-        _assert_revoked(result)
+    if project.app.broker.revoke_deletes_queued:  # REVOKED at once; on RabbitMQ (as in
+        for result in (queued, delayed):  # Celery) when a worker meets the message
+            _assert_revoked(result)
 
     start_worker(project)
     # A task sent after them runs; by then the delayed one was due too.
     assert send(project.name("mark"), args=["after"], eta=_in(1.5)).get(timeout=20) == "after"
     assert project.lines("ran") == ["after"]
+    for result in (queued, delayed):
+        _assert_revoked(result)
     wait_until(  # (acked just after its result is stored)
         lambda: project.app.broker.stats().get("celeriac", QueueStats()) == QueueStats(),
         10,

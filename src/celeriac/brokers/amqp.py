@@ -9,7 +9,8 @@ Names on the server (P is `broker_key_prefix`; every queue is a durable quorum q
                         (before RabbitMQ 3.13), so each level is a queue, made when first used
     P@dead              the dead letters of every queue; reason and queue in their headers
     P@wake              exchange: a publish sends one small transient message per queue,
-                        routed to the wake-up queue of each idle worker on that queue
+                        routed to the wake-up queue of each idle worker on that queue (a
+                        delayed message wakes them through the delivery exchange)
     celeriac@delay@<k>  k = 0..27: an exchange and a queue whose messages wait 2^k ms
     celeriac@delivery   headers exchange: a message whose wait is over goes to the queue
                         named in its `celeriac-dest` header
@@ -19,10 +20,11 @@ How the contract maps to AMQP:
   the message to disk, so a returned `publish` survives a broker restart.
 - fetch: `basic.get`, highest priority level first, so a fetch leases exactly what it
   returns. The lease is the unacked delivery: it lasts as long as this broker's connection,
-  so `lease` seconds are not used and `renew` has nothing to send. A worker that dies
-  loses its connection and RabbitMQ puts its messages back, counting the return in
-  `x-delivery-count`. RabbitMQ's own `consumer_timeout` (30 min by default) closes a
-  channel whose delivery stays unacked longer: set it above the longest task.
+  so `renew` has nothing to send. A worker that dies loses its connection, and one that
+  stops answering misses its heartbeats (every `lease / 2` seconds) and is cut off: either
+  way RabbitMQ puts its messages back, counting the return in `x-delivery-count`.
+  RabbitMQ's own `consumer_timeout` (30 min by default) closes a channel whose delivery
+  stays unacked longer: set it above the longest task.
 - ack: `basic.ack` on the channel that fetched: a delivery tag means nothing on another
   channel or connection, which is the fencing.
 - nack, release, dead_letter: publish a copy (to its queue after a delay, or to P@dead) and
@@ -37,8 +39,8 @@ How the contract maps to AMQP:
   straight on to level k-1 when not; after level 0 the delivery exchange routes it to its
   queue. One message waits at most 2^28 ms (3.1 days) in one pass; one that arrives
   before its eta (a longer delay) is sent round again when fetched.
-- revoke: kept in the state store; a revoked message stays in its queue until fetched,
-  and is dropped then.
+- revoke: kept in the state store; a revoked message stays in its queue, and the worker
+  that fetches it asks the state store and skips it (`revoke_deletes_queued`).
 - dead_letters, replay, purge_dead: read P@dead without acking; closing the channel
   puts back what was not taken.
 - not over AMQP: a message id published twice is stored twice; purge leaves delayed
@@ -158,6 +160,7 @@ class AmqpBroker(Broker):
         self._amqp_url = "amqp" + url[len("pyamqp") :] if url.startswith("pyamqp") else url
         self._thread: _LoopThread | None = None
         self._pid = 0
+        self._worker_lease: float | None = None  # set by the first fetch: the heartbeat
         self._reset()
 
     def _reset(self) -> None:
@@ -214,7 +217,7 @@ class AmqpBroker(Broker):
                 self._held.clear()
                 self._wake_bound.clear()
                 self._woken = None
-            self._conn = await self.aiormq.connect(self._amqp_url)
+            self._conn = await self.aiormq.connect(self._connection_url())
             for name in ("publish", "get", "admin", "signal"):
                 self._channels[name] = await self._conn.channel(
                     publisher_confirms=name == "publish"
@@ -225,6 +228,15 @@ class AmqpBroker(Broker):
             await admin.queue_declare(
                 self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
             )
+
+    def _connection_url(self) -> str:
+        """The URL with a heartbeat that follows the worker's lease: RabbitMQ closes the
+        connection of a worker that stops answering (dead, frozen, cut off) after about
+        two heartbeats, and so gives its messages to another worker, as a lease would."""
+        if self._worker_lease is None or "heartbeat=" in self._amqp_url:
+            return self._amqp_url
+        joiner = "&" if "?" in self._amqp_url else "?"
+        return f"{self._amqp_url}{joiner}heartbeat={max(1, round(self._worker_lease / 2))}"
 
     async def _channel(self, name: str) -> Any:
         """One of the connection's channels, opened again if an error closed it."""
@@ -391,15 +403,9 @@ class AmqpBroker(Broker):
     def fetch(self, queues: Sequence[str], limit: int, lease: float) -> list[Delivery]:
         if not queues or limit <= 0:
             return []
-        got = self._run(lambda: self._fetch(list(dict.fromkeys(queues)), limit))
-        if not got:
-            return got
-        revoked = self.state.revoked([d.id for d in got])
-        if revoked:  # dropped: the revoke stored their REVOKED state
-            gone = [d for d in got if d.id in revoked]
-            self.ack(gone)
-            got = [d for d in got if d.id not in revoked]
-        return got
+        if self._worker_lease is None:
+            self._worker_lease = lease  # for the heartbeat of the connection made next
+        return self._run(lambda: self._fetch(list(dict.fromkeys(queues)), limit))
 
     async def _fetch(self, queues: list[str], limit: int) -> list[Delivery]:
         for queue in queues:
@@ -626,10 +632,12 @@ class AmqpBroker(Broker):
     def take_keys(self, messages: Sequence[Outgoing]) -> dict[str, str]:
         return self.state.take_keys(messages)
 
+    revoke_deletes_queued = False  # a queued message cannot be taken out of its queue
+
     def revoke(self, ids: Sequence[str], terminate: bool = False) -> list[str]:
-        """Every id counts as deleted: a queued one is dropped when it is fetched."""
+        """Deletes nothing: the worker that fetches a revoked message skips it."""
         self.state.revoke(ids, terminate)
-        return list(ids)
+        return []
 
     def revoked(self, ids: Sequence[str]) -> dict[str, bool]:
         return self.state.revoked(ids)
@@ -695,8 +703,8 @@ class AmqpBroker(Broker):
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Block until a publish to one of the queues wakes this process, or `timeout`
         passes: the wake-up queue (one per connection, holding at most one token) is bound
-        to P@wake with each queue's name. Delayed messages arriving wake nobody: an idle
-        worker still polls every `broker_poll_interval`."""
+        to P@wake with each queue's name, and to the delivery exchange for the delayed
+        messages of the queue's levels (it gets a copy of each, and keeps the last)."""
 
         async def wait() -> None:
             woken = await self._wake_up_on(queues)
@@ -724,9 +732,16 @@ class AmqpBroker(Broker):
 
             await signal.basic_consume(self._wake_queue, on_token, no_ack=True)
         for queue in queues:
-            if queue not in self._wake_bound:
-                await signal.queue_bind(self._wake_queue, self.wake_exchange, routing_key=queue)
-                self._wake_bound.add(queue)
+            if queue in self._wake_bound:
+                continue
+            await signal.queue_bind(self._wake_queue, self.wake_exchange, routing_key=queue)
+            await self._declare(self._queue_name(queue, 0))  # the delivery exchange exists
+            for priority in range(MAX_PRIORITY + 1):  # and a delayed message, when due
+                name = self._queue_name(queue, priority)
+                await signal.queue_bind(
+                    self._wake_queue, DELIVERY, arguments={"x-match": "all", H_DEST: name}
+                )
+            self._wake_bound.add(queue)
         return self._woken
 
     def delete_queues(self) -> None:
@@ -745,7 +760,10 @@ class AmqpBroker(Broker):
         self._run(delete)
 
     def warnings(self) -> list[str]:
-        return self.state.warnings()
+        return [
+            f"the state store (revocations, idempotency keys, the beat): {w}"
+            for w in self.state.warnings()
+        ]
 
     def close(self) -> None:
         thread = self._thread

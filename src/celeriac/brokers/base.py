@@ -98,6 +98,11 @@ class Broker(ABC):
     """Durable queues with leases. Methods are thread-safe; a broker object may be shared
     by the threads of one process. Times are unix seconds from `self.clock`."""
 
+    # False for a broker that cannot delete a queued message (amqp://): `revoke` deletes
+    # nothing, and workers ask `revoked()` about every message they fetch, not only about
+    # those fetched again.
+    revoke_deletes_queued = True
+
     def __init__(
         self,
         url: str,

@@ -247,6 +247,8 @@ class Worker:
                 )
                 deliveries = []
                 idle_pause = 1.0
+            if deliveries and not self.app.broker.revoke_deletes_queued:
+                await self._learn_revoked(deliveries)
             if deliveries:
                 idle_pause = 0.001
                 for delivery in deliveries:
@@ -257,6 +259,16 @@ class Worker:
                 continue
             await self._idle(idle_pause)
             idle_pause = min(idle_pause * 2, self.poll_interval)
+
+    async def _learn_revoked(self, deliveries: Sequence[Delivery]) -> None:
+        """A broker that keeps revoked messages queued: which of this batch are revoked
+        (one question per batch); those are skipped when their turn comes."""
+        try:
+            revoked = await self._call(self.app.broker.revoked, [d.id for d in deliveries])
+        except Exception as exc:  # _watch_revokes asks again about the held ones
+            log.error("could not read revoked tasks: %s", exc)
+            return
+        self._revoked.update(revoked)
 
     async def _idle(self, timeout: float) -> None:
         """Nothing to fetch: wait until the broker says a message arrived (it may return
