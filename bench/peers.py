@@ -10,6 +10,8 @@ from the first task done (the counter moves) until the counter reaches N; the sa
 system's bulk API (else one by one again) and one worker process per core; then sequential
 delay-to-result round trips with one worker. Prints one Markdown table. bench/README.md says
 what each column means and how concurrency is set; task modules are in bench/peers_tasks/.
+celeriac-amqp and celery-amqp put their broker on RabbitMQ (PEERS_AMQP_URL, default
+amqp://guest:guest@127.0.0.1:5672//); their counter and results stay on this Redis.
 """
 
 from __future__ import annotations
@@ -55,9 +57,12 @@ def celeriac(module: str) -> Command:
     return command
 
 
-def celery_prefork(procs: int, url: str) -> list[list[str]]:
-    argv = [str(BIN / "celery"), "-A", "peers_tasks.celery_tasks", "worker", "-P", "prefork"]
-    return [[*argv, "-c", str(procs), "--loglevel=WARNING"]]
+def celery_prefork(module: str) -> Command:
+    def command(procs: int, url: str) -> list[list[str]]:
+        argv = [str(BIN / "celery"), "-A", f"peers_tasks.{module}", "worker", "-P", "prefork"]
+        return [[*argv, "-c", str(procs), "--loglevel=WARNING"]]
+
+    return command
 
 
 def celery_threads(procs: int, url: str) -> list[list[str]]:
@@ -102,8 +107,11 @@ SYSTEMS = [
     System("celeriac-async", "celeriac_async", celeriac("celeriac_async"), bulk=True),
     # The same on the PostgreSQL broker (PEERS_POSTGRES_URL), to compare brokers.
     System("celeriac-postgres", "celeriac_postgres", celeriac("celeriac_postgres"), bulk=True),
-    System("celery-prefork", "celery_tasks", celery_prefork),
+    # And on RabbitMQ (PEERS_AMQP_URL), beside Celery's own RabbitMQ broker (celery-amqp).
+    System("celeriac-amqp", "celeriac_amqp", celeriac("celeriac_amqp"), bulk=True),
+    System("celery-prefork", "celery_tasks", celery_prefork("celery_tasks")),
     System("celery-threads", "celery_tasks", celery_threads),
+    System("celery-amqp", "celery_amqp_tasks", celery_prefork("celery_amqp_tasks")),
     System("dramatiq", "dramatiq_tasks", dramatiq),
     System("rq", "rq_tasks", rq, bulk=True),
     System("arq", "arq_tasks", arq, python=ARQ_VENV / "bin" / "python"),

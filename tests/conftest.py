@@ -13,15 +13,17 @@ import pytest
 from celeriac import Celeriac
 from celeriac.worker.worker import Worker
 from polling import wait_until
-from services import delete_test_keys, drop_test_schemas
+from services import delete_test_keys, delete_test_queues, drop_test_schemas
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _clean_test_servers() -> Iterator[None]:
-    """Leave no test keys behind on the shared Redis server, no schemas on PostgreSQL."""
+    """Leave no test keys behind on the shared Redis server, no schemas on PostgreSQL, no
+    queues on RabbitMQ."""
     yield
     delete_test_keys()
     drop_test_schemas()
+    delete_test_queues()
 
 
 @pytest.fixture

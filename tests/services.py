@@ -104,6 +104,39 @@ def amqp_url() -> str:
     return AMQP_URL
 
 
+def delete_test_queues() -> None:
+    """Delete every RabbitMQ queue this test session made (their names start with
+    TEST_PREFIX), found with `rabbitmqctl` where the server runs on this machine: quorum
+    queues hold files open, and a server with few file handles stops taking connections."""
+    import shutil
+    import subprocess
+
+    if _amqp_problem() is not None or shutil.which("rabbitmqctl") is None:
+        return
+    listing = subprocess.run(
+        ["rabbitmqctl", "list_queues", "name", "--quiet", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    names = [n for n in listing.stdout.split() if n.startswith(TEST_PREFIX)]
+    if not names:
+        return
+    import asyncio
+
+    import aiormq
+
+    async def delete() -> None:
+        connection = await aiormq.connect(AMQP_URL)
+        channel = await connection.channel()
+        for name in names:
+            await channel.queue_delete(name)
+        await connection.close()
+
+    asyncio.run(delete())
+
+
 def new_prefix() -> str:
     return f"{TEST_PREFIX}:{uuid.uuid4().hex[:12]}"
 

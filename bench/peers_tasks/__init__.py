@@ -12,6 +12,8 @@ Each module defines the task, its app/broker, and the client calls the runner
 
 All of them are `async def` for the asyncio-only systems. Nothing here may import a peer
 package: arq runs in its own venv (bench/.venvs/arq) that holds only arq and redis-py.
+The `*amqp*` modules put only their broker on RabbitMQ (AMQP_URL); the counter and the
+results stay on this Redis.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 from typing import Any
 
 URL = os.environ.get("PEERS_REDIS_URL", "redis://127.0.0.1:6379/15")
+AMQP_URL = os.environ.get("PEERS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")  # RabbitMQ
 KEY = "peers:counter"
 LOG_LEVEL = "WARNING"
 

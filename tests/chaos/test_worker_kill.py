@@ -46,7 +46,7 @@ import pytest
 from celeriac import Celeriac
 from celeriac.brokers import QueueStats
 from polling import wait_until
-from services import new_prefix, postgres_url, redis_url
+from services import amqp_url, new_prefix, postgres_url, redis_url
 
 TASKS = 5000
 WORKERS = 3
@@ -283,7 +283,13 @@ class Project:
         return self.runs.read_text().splitlines() if self.runs.exists() else []
 
     def delete_keys(self) -> None:
-        """Remove this test's Redis keys (nothing to do on SQLite: tmp_path goes)."""
+        """Remove this test's Redis keys and RabbitMQ queues (nothing to do on SQLite:
+        tmp_path goes)."""
+        if self.broker_url.startswith("amqp"):
+            app = Celeriac(broker=self.broker_url, set_as_current=False, **self.settings)
+            app.broker.delete_queues(["celeriac"])  # type: ignore[attr-defined]
+            app.close()
+            self.broker_url = self.settings["result_backend"]  # and the Redis keys
         prefix = self.settings.get("broker_key_prefix")
         if prefix is None or not self.broker_url.startswith("redis"):
             return
@@ -315,6 +321,10 @@ def make_project(tmp_path: Path, broker_kind: str) -> Project:
     elif broker_kind == "postgres":
         broker_url = postgres_url()
         settings["broker_key_prefix"] = new_prefix()  # its schema, dropped after the session
+    elif broker_kind == "amqp":
+        broker_url = amqp_url()
+        settings["broker_key_prefix"] = new_prefix()  # its queues, deleted by delete_keys
+        settings["result_backend"] = redis_url()
     else:
         broker_url = f"sqlite:///{tmp_path / 'celeriac.db'}"
     (root / package / "__init__.py").write_text("")
@@ -449,7 +459,7 @@ def cleanup() -> Iterator[list[Callable[[], None]]]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("broker_kind", ["sqlite", "redis", "postgres"])
+@pytest.mark.parametrize("broker_kind", ["sqlite", "redis", "postgres", "amqp"])
 def test_sigkilled_workers_lose_nothing(
     tmp_path: Path, broker_kind: str, cleanup: list[Callable[[], None]]
 ) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from celeriac import Celeriac
 from polling import wait_until
-from services import new_prefix, postgres_url, redis_url
+from services import amqp_url, new_prefix, postgres_url, redis_url
 
 pytestmark = pytest.mark.slow
 
@@ -40,9 +40,12 @@ class Shop:
         app = Celeriac(
             broker=self.env["CELERY_BROKER_URL"],
             broker_key_prefix=self.env["CELERY_BROKER_KEY_PREFIX"],
+            result_backend=self.env.get("CELERY_RESULT_BACKEND"),
             set_as_current=False,
         )
         try:
+            if hasattr(app.broker, "delete_queues"):  # RabbitMQ: stats of the queues used
+                app.broker._used.add(app.conf.task_default_queue)  # type: ignore[attr-defined]
             return app.broker.stats()
         finally:
             app.close()
@@ -87,8 +90,11 @@ def shop(tmp_path: Path, broker_kind: str) -> Shop:
     broker = {
         "redis": redis_url,
         "postgres": postgres_url,
+        "amqp": amqp_url,
         "sqlite": lambda: f"sqlite:///{tmp_path / 'broker.db'}",
     }[broker_kind]()
+    # RabbitMQ keeps its state (revocations, keys, the beat) and here the results in Redis.
+    state = {"CELERY_RESULT_BACKEND": redis_url()} if broker_kind == "amqp" else {}
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")},
         "DJANGO_SETTINGS_MODULE": "shop.settings",
@@ -96,6 +102,7 @@ def shop(tmp_path: Path, broker_kind: str) -> Shop:
         "SHOP_MEDIA": str(tmp_path / "media"),
         "CELERY_BROKER_URL": broker,
         "CELERY_BROKER_KEY_PREFIX": prefix,
+        **state,
         "SHOP_EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
         "SHOP_EMAIL_DIR": str(tmp_path / "mail"),
         "PYTHONUNBUFFERED": "1",

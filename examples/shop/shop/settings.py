@@ -107,6 +107,8 @@ TASKS = {"default": {"BACKEND": "celeriac.contrib.django.tasks.CeleriacBackend"}
 # Celeriac, with Celery's setting names (namespace="CELERY" in shop/celeriac.py).
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", f"sqlite:///{BASE_DIR / 'celeriac.db'}")
 CELERY_BROKER_KEY_PREFIX = os.environ.get("CELERY_BROKER_KEY_PREFIX", "shop")
+if backend := os.environ.get("CELERY_RESULT_BACKEND"):  # RabbitMQ needs one (redis://...)
+    CELERY_RESULT_BACKEND = backend
 CELERY_TASK_OUTBOX = os.environ.get("SHOP_OUTBOX") == "1"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE = {

@@ -159,6 +159,7 @@ class AmqpBroker(Broker):
         self.wake_exchange = f"{prefix}@wake"
         self._amqp_url = "amqp" + url[len("pyamqp") :] if url.startswith("pyamqp") else url
         self._thread: _LoopThread | None = None
+        self._starting = threading.Lock()
         self._pid = 0
         self._worker_lease: float | None = None  # set by the first fetch: the heartbeat
         self._reset()
@@ -181,10 +182,14 @@ class AmqpBroker(Broker):
     def _run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run a coroutine on the loop thread and wait for its result (from any thread but
         that one). A forked child makes a loop and a connection of its own."""
-        if self._thread is None or self._pid != os.getpid():
-            self._thread, self._pid = _LoopThread(), os.getpid()
-            self._reset()
-        return self._thread.run(self._guarded(make), TIMEOUT)
+        thread = self._thread
+        if thread is None or self._pid != os.getpid():
+            with self._starting:  # threads of the process making their first call at once
+                if self._thread is None or self._pid != os.getpid():
+                    self._reset()
+                    self._thread, self._pid = _LoopThread(), os.getpid()
+                thread = self._thread
+        return thread.run(self._guarded(make), TIMEOUT)
 
     async def _guarded(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         try:
@@ -744,15 +749,21 @@ class AmqpBroker(Broker):
             self._wake_bound.add(queue)
         return self._woken
 
-    def delete_queues(self) -> None:
-        """Delete the queues of this prefix that this process declared, and its dead-letter
-        queue, messages and all (for tests, and for an app that is gone for good)."""
+    def delete_queues(self, queues: Sequence[str] = ()) -> None:
+        """Delete these queues (every priority level), those this process used or
+        declared, and the prefix's dead-letter queue, messages and all: for tests, and for
+        an app that is gone for good."""
 
         async def delete() -> None:
             admin = await self._channel("admin")
-            for name in sorted(self._declared):
-                if name.startswith(f"{self.prefix}."):
-                    await admin.queue_delete(name)
+            names = {
+                self._queue_name(q, p)
+                for q in {*queues, *self._used}
+                for p in range(MAX_PRIORITY + 1)
+            }
+            names |= {n for n in self._declared if n.startswith(f"{self.prefix}.")}
+            for name in sorted(names):
+                await admin.queue_delete(name)
             await admin.queue_delete(self.dead_queue)
             await admin.exchange_delete(self.wake_exchange)
             self._declared.clear()
