@@ -89,7 +89,8 @@ AMQP_LACKS = {
     "full_stats": "AMQP counts no leased or delayed messages",
     "id_dedup": "RabbitMQ stores a message id published twice twice",
     "shared_leases": "a delivery is acked on the connection that fetched it",
-    "revoke_deletes": "a revoked message stays in its queue and is dropped when fetched",
+    "revoke_deletes": "a revoked message stays in its queue, and the worker that fetches it"
+    " skips it (tests/brokers/test_amqp_broker.py)",
 }
 
 BROKER_KINDS = [

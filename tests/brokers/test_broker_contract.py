@@ -662,6 +662,7 @@ def test_revoke_deletes_ready_and_delayed_messages(broker: Broker, queue: str, c
     assert ids(fetch_all(broker, [queue])) == ["kept"]
 
 
+@pytest.mark.needs("revoke_deletes")
 def test_a_revoked_id_published_later_is_dropped(broker: Broker, queue: str) -> None:
     broker.revoke(["early"], terminate=True)
     broker.publish([out(queue, "early"), out(queue, "other")])

@@ -10,6 +10,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+# What these check is the worker's processes and signals, not the broker: two brokers do.
+PROCESS_BROKERS = ["sqlite", "redis"]
+
 TASKS = """
 @shared_task
 def where(seconds=0.0):
@@ -43,6 +46,7 @@ def _get_all(results, timeout=30.0):
     return [r.get(timeout=max(0.1, deadline - time.monotonic())) for r in results]
 
 
+@pytest.mark.parametrize("broker_kind", PROCESS_BROKERS)
 def test_process_pool_runs_plain_tasks_in_children_and_async_tasks_on_the_loop(
     make_project, start_worker, wait_until, process_gone
 ):
@@ -68,6 +72,7 @@ def test_process_pool_runs_plain_tasks_in_children_and_async_tasks_on_the_loop(
         wait_until(lambda pid=pid: process_gone(pid), 10, f"pool process {pid} to exit")
 
 
+@pytest.mark.parametrize("broker_kind", PROCESS_BROKERS)
 def test_supervisor_runs_two_workers_and_stops_them_on_sigterm(
     make_project, start_worker, wait_until, process_gone
 ):
@@ -91,6 +96,7 @@ def test_supervisor_runs_two_workers_and_stops_them_on_sigterm(
     assert supervisor.log().count("worker stopped after") == 2
 
 
+@pytest.mark.parametrize("broker_kind", PROCESS_BROKERS)
 def test_sigterm_to_the_process_group_lets_a_pool_task_finish(make_project, start_worker):
     project = make_project(TASKS)
     worker = start_worker(project, "--pool", "processes", "-c", "1")
@@ -103,6 +109,7 @@ def test_sigterm_to_the_process_group_lets_a_pool_task_finish(make_project, star
     assert result.state == "SUCCESS"
 
 
+@pytest.mark.parametrize("broker_kind", PROCESS_BROKERS)
 def test_ctrl_c_on_the_supervisor_lets_running_tasks_finish(make_project, start_worker):
     project = make_project(TASKS)
     supervisor = start_worker(project, "--processes", "2", ready=2)

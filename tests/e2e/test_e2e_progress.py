@@ -11,6 +11,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+# What this checks is progress in the result backend and the CLI: two brokers do.
+PROCESS_BROKERS = ["sqlite", "redis"]
+
 STEPS = 4
 
 TASKS = """
@@ -29,6 +32,7 @@ async def crunch(self, n):
 """
 
 
+@pytest.mark.parametrize("broker_kind", PROCESS_BROKERS)
 def test_async_bound_task_progress_and_result_wait_cli(
     make_project, start_worker, wait_until, tmp_path
 ):
