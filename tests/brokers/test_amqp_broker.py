@@ -225,3 +225,15 @@ def test_the_state_store_is_required(tmp_path: Path) -> None:
     app = Celeriac("t", broker=amqp_url(), result_backend=f"sqlite:///{tmp_path}/r.db")
     assert app.conf.effective_broker_state_url == f"sqlite:///{tmp_path}/r.db"
     app.close()
+
+
+def test_a_priority_level_made_later_is_found_at_once(make_amqp: MakeAmqp, queue: str) -> None:
+    """A worker that found a level missing asks again only after a while, unless the
+    publish that made it says so in its wake-up."""
+    worker, producer = make_amqp(), make_amqp()
+    producer.publish([Outgoing("low", queue, b"")])
+    worker.wait([queue], 0.01)  # binds its wake-up queue
+    assert [d.id for d in worker.fetch([queue], 10, 30)] == ["low"]  # levels 1-9: missing
+    producer.publish([Outgoing("high", queue, b"", priority=7)])
+    worker.wait([queue], 5)
+    assert [d.id for d in worker.fetch([queue], 10, 30)] == ["high"]

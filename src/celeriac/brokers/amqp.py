@@ -71,7 +71,8 @@ log = logging.getLogger("celeriac")
 LEVELS = 28  # delay levels: 2^0 .. 2^27 ms
 DELAY = "celeriac@delay@{}"
 DELIVERY = "celeriac@delivery"
-RECHECK = 1.0  # seconds before asking again about a priority queue found missing
+RECHECK = 10.0  # seconds before asking again about a priority queue found missing
+TAKE_WAIT = 0.05  # seconds a fetch waits for the messages a queue said it holds
 MAX_SCAN = 100_000  # dead letters read at most by one listing
 TIMEOUT = 30.0  # seconds a call may take before it fails
 
@@ -84,6 +85,7 @@ H_ATTEMPT = "celeriac-attempt"  # fetches before this copy was made (nack, relea
 H_EXPIRIES = "celeriac-expiries"  # leases lost before this copy was made
 H_REASON = "celeriac-reason"  # why a dead letter is dead
 H_DEAD_AT = "celeriac-dead-at"
+H_NEW_LEVEL = "celeriac-new-level"  # on a wake-up: a priority level queue was just made
 # Times travel as text: the client would send a float header as a 32-bit float.
 
 
@@ -373,11 +375,19 @@ class AmqpBroker(Broker):
             if not type(confirm).__name__ == "Ack":
                 raise BrokerError(f"RabbitMQ refused a message: {confirm!r}")
 
-    async def _wake(self, queues: set[str]) -> None:
-        """Tell idle workers of these queues that messages arrived (see `wait`)."""
+    async def _wake(self, queues: set[str], made: dict[str, str] | None = None) -> None:
+        """Tell idle workers of these queues that messages arrived (see `wait`), and of the
+        priority level queues just `made` (queue -> its name), which they then ask about
+        at once instead of RECHECK seconds later."""
         signal = await self._channel("signal")
         for queue in queues:
-            await signal.basic_publish(b"", exchange=self.wake_exchange, routing_key=queue)
+            level = (made or {}).get(queue)
+            properties = self.aiormq.spec.Basic.Properties(
+                headers={H_NEW_LEVEL: level} if level else None
+            )
+            await signal.basic_publish(
+                b"", exchange=self.wake_exchange, routing_key=queue, properties=properties
+            )
 
     def publish(self, messages: Sequence[Outgoing]) -> dict[str, str]:
         if not messages:
@@ -387,17 +397,19 @@ class AmqpBroker(Broker):
         kept = [m for m in messages if m.id not in taken]
 
         async def publish() -> None:
-            sends = []
+            sends, made = [], {}
             for m in kept:
                 headers: dict[str, Any] = {H_QUEUE: m.queue, H_PRIORITY: m.priority}
                 if m.eta is not None:
                     headers[H_ETA] = repr(m.eta)
                 delay = 0.0 if m.eta is None else m.eta - now
                 name = self._queue_name(m.queue, m.priority)
+                if m.priority > 0 and name not in self._declared:
+                    made[m.queue] = name
                 sends.append(await self._send(m.id, m.body, name, headers, delay))
                 self._used.add(m.queue)
             await self._confirmed(sends)
-            await self._wake({m.queue for m in kept if m.eta is None or m.eta <= now})
+            await self._wake({m.queue for m in kept if m.eta is None or m.eta <= now}, made)
 
         if kept:
             self._run(publish)
@@ -424,16 +436,34 @@ class AmqpBroker(Broker):
         for (priority, queue), name, count in zip(levels, names, counts, strict=True):
             if not count:
                 continue
-            while len(out) < limit:
-                message = await channel.basic_get(name)
-                if type(message.delivery).__name__ != "GetOk":
-                    break
+            for message in await self._take(channel, name, min(count, limit - len(out))):
                 delivery = await self._lease(channel, message, queue, priority)
                 if delivery is not None:
                     out.append(delivery)
             if len(out) >= limit:
                 break
         return out
+
+    async def _take(self, channel: Any, name: str, count: int) -> list[Any]:
+        """Up to `count` messages of a queue that holds at least that many: a consumer
+        whose prefetch is `count`, cancelled once they came (or after TAKE_WAIT, when
+        other workers took some first). One consumer per fetch, not a `basic.get` per
+        message: on a quorum queue each get is a write to its log."""
+        taken: list[Any] = []
+        enough = asyncio.Event()
+
+        async def on_message(message: Any) -> None:
+            taken.append(message)
+            if len(taken) >= count:
+                enough.set()
+
+        await channel.basic_qos(prefetch_count=count)
+        ok = await channel.basic_consume(name, on_message)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(enough.wait(), TAKE_WAIT)
+        # Deliveries sent before the cancel reach us before its reply: none comes later.
+        await channel.basic_cancel(ok.consumer_tag)
+        return taken
 
     async def _lease(
         self, channel: Any, message: Any, queue: str, priority: int
@@ -733,6 +763,9 @@ class AmqpBroker(Broker):
             self._wake_queue = ok.queue
 
             async def on_token(message: Any) -> None:
+                level = (message.header.properties.headers or {}).get(H_NEW_LEVEL)
+                if level is not None:
+                    self._missing.pop(_text(level), None)
                 woken.set()
 
             await signal.basic_consume(self._wake_queue, on_token, no_ack=True)
