@@ -18,11 +18,13 @@ Names on the server (P is `broker_key_prefix`; every queue is a durable quorum q
 How the contract maps to AMQP:
 - publish: publisher confirms; a quorum queue confirms once a majority of its nodes wrote
   the message to disk, so a returned `publish` survives a broker restart.
-- fetch: `basic.get`, highest priority level first, so a fetch leases exactly what it
-  returns. The lease is the unacked delivery: it lasts as long as this broker's connection,
-  so `renew` has nothing to send. A worker that dies loses its connection, and one that
-  stops answering misses its heartbeats (every `lease / 2` seconds) and is cut off: either
-  way RabbitMQ puts its messages back, counting the return in `x-delivery-count`.
+- fetch: ask each priority level's queue (highest first) how many messages it holds, then
+  take up to that many with a consumer whose prefetch is that number, cancelled at once:
+  a fetch leases exactly what it returns. The lease is the unacked delivery: it lasts as
+  long as this broker's connection, so `renew` has nothing to send. A worker that dies
+  loses its connection, and one that stops answering misses its heartbeats (every
+  `lease / 2` seconds) and is cut off: either way RabbitMQ puts its messages back,
+  counting the return in `x-delivery-count`.
   RabbitMQ's own `consumer_timeout` (30 min by default) closes a channel whose delivery
   stays unacked longer: set it above the longest task.
 - ack: `basic.ack` on the channel that fetched: a delivery tag means nothing on another
