@@ -226,17 +226,17 @@ class AmqpBroker(Broker):
                 self._held.clear()
                 self._wake_bound.clear()
                 self._woken = None
-            self._conn = await self.aiormq.connect(self._connection_url())
-            for name in ("publish", "get", "admin", "signal"):
-                self._channels[name] = await self._conn.channel(
-                    publisher_confirms=name == "publish"
-                )
-            self._probes = []
-            admin = self._channels["admin"]
-            await admin.exchange_declare(self.wake_exchange, exchange_type="direct")
-            await admin.queue_declare(
+            # Made whole before it is shown: other calls take a set `_conn` as ready.
+            conn = await self.aiormq.connect(self._connection_url())
+            channels = {
+                name: await conn.channel(publisher_confirms=name == "publish")
+                for name in ("publish", "get", "admin", "signal")
+            }
+            await channels["admin"].exchange_declare(self.wake_exchange, exchange_type="direct")
+            await channels["admin"].queue_declare(
                 self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
             )
+            self._channels, self._probes, self._conn = channels, [], conn
 
     def _connection_url(self) -> str:
         """The URL with a heartbeat that follows the worker's lease: RabbitMQ closes the
@@ -493,7 +493,15 @@ class AmqpBroker(Broker):
         return delivery
 
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[bool]:
+        """Nothing to extend; but ask the server something first, so that a connection it
+        closed (this worker was frozen past its heartbeats) is known to be gone."""
+
         async def owned() -> list[bool]:
+            try:
+                channel = await self._channel("get")
+                await asyncio.wait_for(channel.basic_qos(prefetch_count=1), TIMEOUT / 6)
+            except (self.aiormq.exceptions.AMQPError, ConnectionError, TimeoutError):
+                return [False] * len(deliveries)  # its deliveries went back to their queues
             return [self._owned(d) is not None for d in deliveries]
 
         return self._run(owned)
