@@ -69,6 +69,9 @@ def test_queued_and_delayed_tasks_never_run(make_project, start_worker, wait_unt
     )
 
 
+# Stopping a task is the executors' work: every pool on two brokers. (Learning of the
+# revoke is the broker's: the other tests here run on every broker.)
+@pytest.mark.parametrize("broker_kind", ["sqlite", "redis"])
 @pytest.mark.parametrize(
     ("pool", "task"),
     [("threads", "loop"), ("threads", "async_loop"), ("processes", "loop")],
