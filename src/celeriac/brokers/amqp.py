@@ -498,7 +498,7 @@ class AmqpBroker(Broker):
 
         async def owned() -> list[bool]:
             try:
-                channel = await self._channel("get")
+                channel = await self._channel("admin")  # not "get": its qos is the fetch's
                 await asyncio.wait_for(channel.basic_qos(prefetch_count=1), TIMEOUT / 6)
             except (self.aiormq.exceptions.AMQPError, ConnectionError, TimeoutError):
                 return [False] * len(deliveries)  # its deliveries went back to their queues
