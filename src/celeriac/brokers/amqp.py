@@ -80,7 +80,6 @@ TIMEOUT = 30.0  # seconds a call may take before it fails
 
 # Headers of Celeriac's messages.
 H_QUEUE = "celeriac-queue"  # the queue's name, as the app calls it
-H_PRIORITY = "celeriac-priority"
 H_ETA = "celeriac-eta"  # unix time it is due, when delayed
 H_DEST = "celeriac-dest"  # the AMQP queue a delayed message goes to
 H_ATTEMPT = "celeriac-attempt"  # fetches before this copy was made (nack, release)
@@ -265,6 +264,10 @@ class AmqpBroker(Broker):
         priority = min(max(priority, 0), MAX_PRIORITY)
         return f"{self.prefix}.{queue}" if priority == 0 else f"{self.prefix}.{queue}@p{priority}"
 
+    def _level_names(self, queue: str) -> list[str]:
+        """The queue names of every priority level of a queue, 0 first."""
+        return [self._queue_name(queue, p) for p in range(MAX_PRIORITY + 1)]
+
     async def _declare(self, name: str) -> None:
         """Make a message queue (once per process): quorum, dead-lettering to P@dead after
         `max_lease_expiries` lost leases, and bound to the delivery exchange for delays."""
@@ -401,7 +404,7 @@ class AmqpBroker(Broker):
         async def publish() -> None:
             sends, made = [], {}
             for m in kept:
-                headers: dict[str, Any] = {H_QUEUE: m.queue, H_PRIORITY: m.priority}
+                headers: dict[str, Any] = {H_QUEUE: m.queue}
                 if m.eta is not None:
                     headers[H_ETA] = repr(m.eta)
                 delay = 0.0 if m.eta is None else m.eta - now
@@ -710,7 +713,7 @@ class AmqpBroker(Broker):
     def purge(self, queue: str) -> int:
         async def purge() -> int:
             self._used.add(queue)
-            names = [self._queue_name(queue, p) for p in range(MAX_PRIORITY + 1)]
+            names = self._level_names(queue)
             counts = await self._ready_counts(names)
             admin = await self._channel("admin")
             total = 0
@@ -724,7 +727,7 @@ class AmqpBroker(Broker):
     def stats(self) -> dict[str, QueueStats]:
         async def ready() -> dict[str, int]:
             queues = sorted(self._used)
-            names = [(q, self._queue_name(q, p)) for q in queues for p in range(MAX_PRIORITY + 1)]
+            names = [(q, n) for q in queues for n in self._level_names(q)]
             counts = await self._ready_counts([n for _, n in names])
             totals = dict.fromkeys(queues, 0)
             for (queue, _), count in zip(names, counts, strict=True):
@@ -784,8 +787,7 @@ class AmqpBroker(Broker):
                 continue
             await signal.queue_bind(self._wake_queue, self.wake_exchange, routing_key=queue)
             await self._declare(self._queue_name(queue, 0))  # the delivery exchange exists
-            for priority in range(MAX_PRIORITY + 1):  # and a delayed message, when due
-                name = self._queue_name(queue, priority)
+            for name in self._level_names(queue):  # and a delayed message, when due
                 await signal.queue_bind(
                     self._wake_queue, DELIVERY, arguments={"x-match": "all", H_DEST: name}
                 )
@@ -799,11 +801,7 @@ class AmqpBroker(Broker):
 
         async def delete() -> None:
             admin = await self._channel("admin")
-            names = {
-                self._queue_name(q, p)
-                for q in {*queues, *self._used}
-                for p in range(MAX_PRIORITY + 1)
-            }
+            names = {n for q in {*queues, *self._used} for n in self._level_names(q)}
             names |= {n for n in self._declared if n.startswith(f"{self.prefix}.")}
             for name in sorted(names):
                 await admin.queue_delete(name)
